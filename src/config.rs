@@ -1,0 +1,444 @@
+//! Configuration: the TOML file (plus `REFRACT__*` environment overrides) as typed data.
+//!
+//! Loading is in two steps so that every error names its key: serde turns the merged sources into
+//! [`Settings`] (rejecting unknown keys and wrong types), then [`Settings::validate`] checks the
+//! values. Both happen before anything binds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Paths the gateway serves itself; a route may not shadow them.
+pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// A configuration problem, always tied to the file and the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: String::new(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// This node's id: names its response channel, so it must be unique among nodes sharing a
+    /// Redis. Absent: generated at start.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address of the one port that serves routes, health and metrics.
+    pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` is believed. Empty: the TCP peer is always the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Live WebSocket connections on this node; upgrades past it get 503.
+    pub max_connections: usize,
+    /// Largest client message (after reassembly of fragments); larger closes with 1009.
+    pub max_message_size: usize,
+    /// Frames waiting to be written to one client; a client that lets it fill is closed with 1013.
+    pub outbound_queue: usize,
+    /// How long a write to one client may take before the client is considered stuck.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long shutdown waits for clients to close and events to drain.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            trusted_proxies: Vec::new(),
+            max_connections: 20_000,
+            max_message_size: 64 * 1024,
+            outbound_queue: 1024,
+            write_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of the per-node response channel `<response_channel>.<node_id>`.
+    pub response_channel: String,
+    /// Parallel publishing connections; each carries pipelined batches, and one connection's
+    /// events always use the same one, which keeps them in order.
+    pub publishers: usize,
+    /// Events waiting to be published per publishing connection before clients feel backpressure.
+    pub publish_queue: usize,
+    /// How often the node sends itself a canary through its response channel.
+    #[serde(with = "humantime_serde")]
+    pub canary_interval: Duration,
+    /// How long a canary may take to come back before the node turns not-ready and re-subscribes.
+    #[serde(with = "humantime_serde")]
+    pub canary_timeout: Duration,
+    /// Timeout for connecting to Redis and for one publish batch.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Largest service reply accepted on the response channel.
+    pub max_reply_size: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            response_channel: "refract.responses".into(),
+            publishers: 2,
+            publish_queue: 4096,
+            canary_interval: Duration::from_secs(2),
+            canary_timeout: Duration::from_secs(3),
+            command_timeout: Duration::from_secs(3),
+            max_reply_size: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSettings>,
+}
+
+/// One backend service of a route. Fields are optional here so that [`Settings::validate`] can
+/// say which one is missing, for which service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub request_channel: Option<String>,
+}
+
+/// A service as the gateway uses it, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Service {
+    Redis { request_channel: String },
+}
+
+impl Settings {
+    /// Reads `path` (TOML) and applies `REFRACT__SECTION__KEY` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let with_file = |mut e: ConfigError| {
+            e.file.clone_from(&file);
+            e
+        };
+        if !path.is_file() {
+            return Err(with_file(ConfigError::new(
+                "(file)",
+                "cannot read the file",
+            )));
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from(PathBuf::from(path)).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("REFRACT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| with_file(from_config_error(e)))?;
+        let settings: Settings = built
+            .try_deserialize()
+            .map_err(|e| with_file(from_config_error(e)))?;
+        settings.validate().map_err(with_file)?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text without the environment; for tests and `refract check` of inline text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(from_config_error)?;
+        let settings: Settings = built.try_deserialize().map_err(from_config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value; the first problem found is returned with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            check_token("node_id", id, 64)?;
+        }
+        let s = &self.server;
+        positive("server.max_connections", s.max_connections)?;
+        positive("server.max_message_size", s.max_message_size)?;
+        positive("server.outbound_queue", s.outbound_queue)?;
+        nonzero("server.write_timeout", s.write_timeout)?;
+        let r = &self.redis;
+        if !r.url.starts_with("redis://") && !r.url.starts_with("unix://") {
+            return Err(ConfigError::new(
+                "redis.url",
+                "must start with redis:// or unix://",
+            ));
+        }
+        redis::Client::open(r.url.as_str()).map_err(|e| {
+            ConfigError::new("redis.url", format!("is not a valid Redis URL ({e})"))
+        })?;
+        check_token("redis.response_channel", &r.response_channel, 200)?;
+        positive("redis.publishers", r.publishers)?;
+        positive("redis.publish_queue", r.publish_queue)?;
+        positive("redis.max_reply_size", r.max_reply_size)?;
+        nonzero("redis.canary_interval", r.canary_interval)?;
+        nonzero("redis.canary_timeout", r.canary_timeout)?;
+        nonzero("redis.command_timeout", r.command_timeout)?;
+
+        for (path, route) in &self.routes {
+            let key = format!("routes.\"{path}\"");
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                return Err(ConfigError::new(
+                    key,
+                    "a route is a URL path: it starts with '/' and has no '?', '#' or spaces",
+                ));
+            }
+            if RESERVED_PATHS.contains(&path.as_str()) {
+                return Err(ConfigError::new(
+                    key,
+                    "this path is reserved for the gateway itself",
+                ));
+            }
+            if route.services.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.services"),
+                    "a route needs at least one service",
+                ));
+            }
+            for (name, service) in &route.services {
+                let key = format!("{key}.services.{name}");
+                check_token(&key, name, 100)?;
+                service.resolve(&key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceSettings {
+    /// The validated form of this service; `key` names it in errors.
+    pub fn resolve(&self, key: &str) -> Result<Service, ConfigError> {
+        match self.kind.as_deref() {
+            None => Err(ConfigError::new(key, "type is required (\"redis\")")),
+            Some("redis") => match self.request_channel.as_deref() {
+                None | Some("") => Err(ConfigError::new(key, "request_channel is required")),
+                Some(channel) => Ok(Service::Redis {
+                    request_channel: channel.to_owned(),
+                }),
+            },
+            Some(other) => Err(ConfigError::new(
+                key,
+                format!("type \"{other}\" is unknown (expected \"redis\")"),
+            )),
+        }
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn nonzero(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::new(key, "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+/// Names that end up inside Redis channel names: printable, no spaces or glob characters.
+fn check_token(key: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !ok {
+        return Err(ConfigError::new(
+            key,
+            format!("must be 1 to {max} characters of A-Z a-z 0-9 - _ . :"),
+        ));
+    }
+    Ok(())
+}
+
+/// The `config` crate reports serde errors as text with the key inside; pull the key out so our
+/// one-line format holds for them too.
+fn from_config_error(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    if text.contains("TOML parse error") {
+        return toml_syntax_error(&text);
+    }
+    if let Some(idx) = text.find(" for key `") {
+        let rest = &text[idx + " for key `".len()..];
+        if let Some(end) = rest.find('`') {
+            return ConfigError::new(quote_route_key(&rest[..end]), text[..idx].to_string());
+        }
+    }
+    ConfigError::new("(file)", text)
+}
+
+/// The TOML parser's report spans several lines (location, source excerpt, caret, message); fold
+/// it into one, with the offending source line standing in for the key.
+fn toml_syntax_error(text: &str) -> ConfigError {
+    let lines: Vec<&str> = text.lines().collect();
+    let location = lines
+        .first()
+        .and_then(|l| l.split_once(" at "))
+        .map_or("", |(_, at)| at);
+    let source = lines
+        .iter()
+        .find_map(|l| {
+            let (n, rest) = l.split_once(" | ")?;
+            n.trim().parse::<u32>().ok().map(|_| rest.trim())
+        })
+        .unwrap_or("(file)");
+    let message = lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        // The config crate appends " in <file>"; the file is named by the caller already.
+        .find(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.contains(" | ") && !l.starts_with("in ")
+        })
+        .unwrap_or("invalid TOML");
+    let location = location.split(" in ").next().unwrap_or(location);
+    ConfigError::new(source, format!("{message} ({location})"))
+}
+
+/// `routes./quotes.services.x` (the config crate's spelling) becomes `routes."/quotes".services.x`.
+fn quote_route_key(key: &str) -> String {
+    match key.strip_prefix("routes.") {
+        Some(rest) if rest.starts_with('/') => match rest.find(".services") {
+            Some(i) => format!("routes.\"{}\"{}", &rest[..i], &rest[i..]),
+            None => format!("routes.\"{rest}\""),
+        },
+        _ => key.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Settings::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let s = Settings::from_toml(
+            "[routes.\"/quotes\".services.q]\ntype = \"redis\"\nrequest_channel = \"input\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.redis.response_channel, "refract.responses");
+        assert_eq!(
+            s.routes["/quotes"].services["q"].resolve("k").unwrap(),
+            Service::Redis {
+                request_channel: "input".into()
+            }
+        );
+    }
+
+    #[test]
+    fn route_and_service_names_keep_their_case() {
+        let s = Settings::from_toml(
+            "[routes.\"/Quotes\".services.QuoteService]\ntype = \"redis\"\nrequest_channel = \"In\"\n",
+        )
+        .unwrap();
+        assert!(s.routes["/Quotes"].services.contains_key("QuoteService"));
+    }
+
+    #[test]
+    fn missing_request_channel_names_the_service() {
+        let e = err("[routes.\"/quotes\".services.quoteservice]\ntype = \"redis\"\n");
+        assert!(
+            e.ends_with("routes.\"/quotes\".services.quoteservice: request_channel is required"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_service_type_is_named() {
+        let e = err("[routes.\"/q\".services.s]\ntype = \"kafka\"\nrequest_channel = \"x\"\n");
+        assert!(
+            e.contains("routes.\"/q\".services.s: type \"kafka\" is unknown"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = err("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert!(e.contains("lisen"), "{e}");
+        let e = err("[routes.\"/q\".services.s]\ntype = \"redis\"\nrequest_chanel = \"x\"\n");
+        assert!(e.contains("request_chanel"), "{e}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_fit_on_one_line() {
+        let e = err("[routes.\"/a\".services.s]\ntype = \"redis\"\n[routes.\"/a\".services.s]\n");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.contains("[routes.\"/a\".services.s]: duplicate key (line 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = err("[server]\nmax_connections = \"many\"\n");
+        assert!(e.contains("server.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_and_values_are_rejected() {
+        assert!(err("[server]\nwrite_timeout = \"-1s\"\n").contains("server.write_timeout"));
+        assert!(err("[server]\nwrite_timeout = \"0s\"\n").contains("server.write_timeout"));
+        assert!(err("[redis]\nurl = \"http://x\"\n").contains("redis.url"));
+        assert!(err("node_id = \"a b\"\n").contains("node_id"));
+        assert!(err("[server]\ntrusted_proxies = [\"nope\"]\n").contains("trusted_proxies"));
+    }
+
+    #[test]
+    fn routes_must_be_paths_and_not_reserved() {
+        let svc = ".services.s]\ntype = \"redis\"\nrequest_channel = \"x\"\n";
+        assert!(err(&format!("[routes.\"quotes\"{svc}")).contains("routes.\"quotes\""));
+        assert!(err(&format!("[routes.\"/metrics\"{svc}")).contains("reserved"));
+        assert!(err("[routes.\"/q\"]\n").contains("at least one service"));
+    }
+}

@@ -1,0 +1,179 @@
+//! refract: a WebSocket gateway onto Redis.
+//!
+//! A URL path (a route) maps to a set of services. Every client connect, message and close is
+//! published as JSON to the services' Redis channels, and any service can answer that one client
+//! through this node's response channel.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file as typed data, validated before anything binds.
+//! - [`prism`]: the Prism wire protocol, pure: events out, replies in.
+//! - [`server`]: the accept loop; one hyper connection per TCP connection, drained on shutdown.
+//! - [`http`]: the HTTP surface: route upgrades, `/healthz`, `/readyz`, `/metrics`, 404/426.
+//! - [`session`]: one WebSocket client: reads frames into events, writes its outbound queue.
+//! - [`registry`]: live connections by id, each with a bounded outbound queue.
+//! - [`publisher`]: sharded, pipelined PUBLISH to Redis, in order per connection.
+//! - [`subscriber`]: the node's response-channel subscription, its canary and reconnects.
+//! - [`relay`]: where a decoded service reply becomes frames on a client's queue.
+//! - [`routes`], [`net`], [`ids`]: the route table, client addresses, identifiers.
+//! - [`metrics`]: every counter, rendered as Prometheus text.
+//! - [`error`]: typed errors and their mapping to HTTP statuses and close codes.
+//! - [`backoff`]: capped exponential backoff with jitter, for every reconnecting worker.
+//!
+//! # Shutdown
+//!
+//! One [`CancellationToken`] goes down to every task; [`TaskTracker`]s wait for them, within
+//! `server.shutdown_grace`.
+
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod net;
+pub mod prism;
+pub mod publisher;
+pub mod registry;
+pub mod relay;
+pub mod routes;
+pub mod server;
+pub mod session;
+pub mod subscriber;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Settings;
+pub use error::Error;
+
+use crate::ids::NodeId;
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::registry::Registry;
+use crate::routes::RouteTable;
+
+/// Everything the node's tasks share.
+pub struct Gateway {
+    pub node: NodeId,
+    /// `<redis.response_channel>.<node_id>`: where services answer this node's clients.
+    pub response_channel: Arc<str>,
+    pub settings: Settings,
+    pub routes: RouteTable,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub publisher: Publisher,
+    ready: AtomicBool,
+    /// Connection slots in use, for `server.max_connections`.
+    live: AtomicUsize,
+    pub shutdown: CancellationToken,
+    /// HTTP connections and WebSocket sessions; waited for on shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl Gateway {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        if self.ready.swap(ready, Ordering::AcqRel) != ready {
+            self.metrics
+                .ready
+                .store(i64::from(ready), Ordering::Relaxed);
+            if ready {
+                tracing::info!("ready: response channel subscribed and canary received");
+            } else {
+                tracing::warn!("not ready: data plane through Redis is not working");
+            }
+        }
+    }
+
+    /// Takes a connection slot, or `None` at the limit. The slot is freed when dropped.
+    pub fn try_reserve_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.settings.server.max_connections;
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
+    }
+}
+
+/// A reserved place under `server.max_connections`.
+pub struct ConnectionSlot(Arc<Gateway>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled, then drains: clients are closed
+/// with 1001, their `disconnect` events published, and queued publishes flushed, all within
+/// `server.shutdown_grace`.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let node = settings
+        .node_id
+        .clone()
+        .map(NodeId::new)
+        .unwrap_or_else(NodeId::generate);
+    let response_channel: Arc<str> = format!("{}.{}", settings.redis.response_channel, node).into();
+    let routes = RouteTable::new(&settings);
+    let metrics = Arc::new(Metrics::new(routes.iter().map(|r| r.path.clone())));
+    let workers = TaskTracker::new();
+    let drain = CancellationToken::new();
+    let publisher = Publisher::start(&settings.redis, metrics.clone(), drain.clone(), &workers)?;
+    let grace = settings.server.shutdown_grace;
+    let gateway = Arc::new(Gateway {
+        node,
+        response_channel,
+        settings,
+        routes,
+        registry: Registry::default(),
+        metrics,
+        publisher,
+        ready: AtomicBool::new(false),
+        live: AtomicUsize::new(0),
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+    });
+    tracing::info!(
+        node = %gateway.node,
+        response_channel = %gateway.response_channel,
+        listen = %listener.local_addr()?,
+        "refract starting"
+    );
+    workers.spawn(subscriber::run(gateway.clone()));
+
+    server::serve(listener, gateway.clone()).await;
+
+    // Stop accepting (done), let sessions close and publish their disconnects, then flush.
+    let deadline = tokio::time::Instant::now() + grace;
+    gateway.tasks.close();
+    if tokio::time::timeout_at(deadline, gateway.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace expired with connections still open");
+    }
+    drain.cancel();
+    workers.close();
+    if tokio::time::timeout_at(deadline, workers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace expired with publishes still queued");
+    }
+    tracing::info!("refract stopped");
+    Ok(())
+}

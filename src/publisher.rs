@@ -1,0 +1,259 @@
+//! Publishing to Redis: a few shard workers, each owning one multiplexed connection from the
+//! deadpool pool and sending whatever has queued up as one pipeline.
+//!
+//! A connection's events always go to the same shard, and a shard sends in queue order, so each
+//! connection's events reach each channel in order (connect, messages, disconnect) while the
+//! node as a whole never waits one round trip per message.
+//!
+//! While Redis is unreachable a shard does not stall its queue: batches are counted as lost
+//! (`redis_unavailable`) until the capped backoff lets the next attempt through.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::{Pool, Runtime};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::metrics::{LogLimiter, Loss, Metrics};
+use crate::prism::EventKind;
+
+/// What a publish is for, so its fate is counted in the right place.
+#[derive(Clone, Copy, Debug)]
+pub enum Tag {
+    Event { route: usize, kind: EventKind },
+    NotConnected,
+}
+
+#[derive(Debug)]
+pub struct Publish {
+    pub channel: Arc<str>,
+    pub payload: Bytes,
+    pub tag: Tag,
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    shards: Arc<[mpsc::Sender<Publish>]>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+}
+
+/// Largest pipeline one shard sends at once.
+const BATCH: usize = 512;
+
+impl Publisher {
+    /// Starts one worker per shard on `tasks`. Workers finish what is queued once `drain` is
+    /// cancelled, then exit.
+    pub fn start(
+        settings: &crate::config::RedisSettings,
+        metrics: Arc<Metrics>,
+        drain: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Self, crate::error::Error> {
+        let mut cfg = deadpool_redis::Config::from_url(settings.url.clone());
+        cfg.pool = Some(deadpool_redis::PoolConfig::new(settings.publishers + 2));
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| crate::error::Error::Redis(e.to_string()))?;
+        let log = Arc::new(LogLimiter::new(Duration::from_secs(5)));
+        let shards = (0..settings.publishers)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(settings.publish_queue);
+                tasks.spawn(worker(
+                    rx,
+                    pool.clone(),
+                    metrics.clone(),
+                    settings.command_timeout,
+                    drain.clone(),
+                    log.clone(),
+                ));
+                tx
+            })
+            .collect();
+        Ok(Self {
+            shards,
+            pool,
+            metrics,
+        })
+    }
+
+    /// The pool, for one-off commands (the readiness canary).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A shard for a new connection; all its events use it.
+    pub fn pick_shard(&self) -> usize {
+        rand::random_range(0..self.shards.len())
+    }
+
+    /// Queues a publish, waiting while the shard's queue is full (backpressure on the client
+    /// that produced it). Counted as lost if the node is shutting down.
+    pub async fn publish(&self, shard: usize, p: Publish) {
+        if let Err(mpsc::error::SendError(p)) = self.shards[shard].send(p).await {
+            count_lost(&self.metrics, p.tag, Loss::Shutdown, 1);
+        }
+    }
+
+    /// Queues a publish without waiting, for callers that must never block (the Redis reader).
+    pub fn try_publish(&self, shard: usize, p: Publish) {
+        if let Err(e) = self.shards[shard].try_send(p) {
+            let p = match e {
+                mpsc::error::TrySendError::Full(p) => p,
+                mpsc::error::TrySendError::Closed(p) => p,
+            };
+            count_lost(&self.metrics, p.tag, Loss::RedisUnavailable, 1);
+        }
+    }
+}
+
+fn count_lost(metrics: &Metrics, tag: Tag, reason: Loss, n: u64) {
+    match tag {
+        Tag::Event { route, .. } => metrics.routes[route].lost(reason, n),
+        Tag::NotConnected => {
+            metrics.other_lost.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+fn count_published(metrics: &Metrics, batch: &[Publish]) {
+    for p in batch {
+        match p.tag {
+            Tag::Event { route, kind } => metrics.routes[route].published(kind, 1),
+            Tag::NotConnected => {
+                metrics.notconnected_sent.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+async fn worker(
+    mut rx: mpsc::Receiver<Publish>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    drain: CancellationToken,
+    log: Arc<LogLimiter>,
+) {
+    let mut conn: Option<deadpool_redis::Connection> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut down_until: Option<Instant> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut draining = false;
+    loop {
+        batch.clear();
+        tokio::select! {
+            _ = drain.cancelled(), if !draining => {
+                // Refuse new work, then finish what is queued.
+                rx.close();
+                draining = true;
+                continue;
+            }
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+        }
+        if down_until.is_some_and(|t| Instant::now() < t) {
+            lose_batch(&metrics, &batch);
+            continue;
+        }
+        match send(&mut conn, &pool, &batch, timeout).await {
+            Ok(()) => {
+                metrics.publish_batches.fetch_add(1, Relaxed);
+                count_published(&metrics, &batch);
+                backoff.reset();
+                down_until = None;
+            }
+            Err(e) => {
+                discard(&mut conn);
+                lose_batch(&metrics, &batch);
+                down_until = Some(Instant::now() + backoff.next_delay());
+                if log.allow() {
+                    tracing::warn!(error = %e, lost = batch.len(), "publishing to Redis failed");
+                }
+            }
+        }
+    }
+}
+
+fn lose_batch(metrics: &Metrics, batch: &[Publish]) {
+    for p in batch {
+        count_lost(metrics, p.tag, Loss::RedisUnavailable, 1);
+    }
+}
+
+async fn send(
+    conn: &mut Option<deadpool_redis::Connection>,
+    pool: &Pool,
+    batch: &[Publish],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut pipe = redis::pipe();
+    for p in batch {
+        pipe.publish(&*p.channel, p.payload.as_ref()).ignore();
+    }
+    // A connection kept from before a Redis restart fails on first use without having sent
+    // anything; one retry on a fresh connection keeps that from losing the batch. A timeout is
+    // not retried: Redis may have executed the pipeline, and a retry would duplicate it.
+    let reused = conn.is_some();
+    match send_once(conn, pool, &pipe, timeout).await {
+        Err(Failure::Dropped(_)) if reused => {
+            discard(conn);
+            send_once(conn, pool, &pipe, timeout)
+                .await
+                .map_err(Failure::into_message)
+        }
+        r => r.map_err(Failure::into_message),
+    }
+}
+
+enum Failure {
+    /// The connection was found broken before the command went out.
+    Dropped(String),
+    Other(String),
+}
+
+impl Failure {
+    fn into_message(self) -> String {
+        match self {
+            Self::Dropped(m) | Self::Other(m) => m,
+        }
+    }
+}
+
+fn discard(conn: &mut Option<deadpool_redis::Connection>) {
+    // Detach a failed connection from the pool rather than recycling it.
+    if let Some(c) = conn.take() {
+        drop(deadpool_redis::Connection::take(c));
+    }
+}
+
+async fn send_once(
+    conn: &mut Option<deadpool_redis::Connection>,
+    pool: &Pool,
+    pipe: &redis::Pipeline,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let c = tokio::time::timeout(timeout, pool.get())
+                .await
+                .map_err(|_| Failure::Other("timed out connecting".into()))?
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            conn.insert(c)
+        }
+    };
+    match tokio::time::timeout(timeout, pipe.query_async::<()>(c)).await {
+        Err(_) => Err(Failure::Other("timed out publishing".into())),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
+            Err(Failure::Dropped(e.to_string()))
+        }
+        Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+    }
+}

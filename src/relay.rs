@@ -1,0 +1,84 @@
+//! Where a service reply becomes frames on one client's outbound queue.
+//!
+//! Called from the Redis reader, so nothing here awaits: a full queue means a slow client, which
+//! is closed rather than allowed to stall everyone else's replies.
+
+use bytes::Bytes;
+use hyper_tungstenite::tungstenite::Message;
+use hyper_tungstenite::tungstenite::protocol::CloseFrame;
+use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::Gateway;
+use crate::metrics::{CloseReason, LogLimiter, ReplyDrop};
+use crate::prism::{self, Action, Payload, Reply, ReplyError};
+use crate::publisher::{Publish, Tag};
+
+/// Counts and (rate-limited) logs a message on the response channel that could not be decoded.
+pub fn bad_reply(gw: &Gateway, log: &LogLimiter, e: ReplyError) {
+    gw.metrics.reply_dropped(e.into());
+    if log.allow() {
+        tracing::warn!(reason = e.code(), error = %e, "dropping a bad message from the response channel");
+    }
+}
+
+/// Delivers one decoded reply to its client, or says why not.
+pub fn deliver(gw: &Gateway, log: &LogLimiter, reply: Reply) {
+    let Some(conn) = gw.registry.get(&reply.id) else {
+        gw.metrics.reply_dropped(ReplyDrop::UnknownConnection);
+        if let Some(channel) = reply.response_channel.filter(|c| !c.is_empty()) {
+            gw.publisher.try_publish(
+                0,
+                Publish {
+                    channel: channel.into(),
+                    payload: prism::encode_not_connected(&reply.id).into(),
+                    tag: Tag::NotConnected,
+                },
+            );
+        }
+        return;
+    };
+    let route = gw.routes.by_index(conn.route);
+    if !route.has_service(&reply.service) {
+        gw.metrics.reply_dropped(ReplyDrop::UnknownService);
+        if log.allow() {
+            tracing::warn!(route = %route.path, "dropping a reply from a service not on the connection's route");
+        }
+        return;
+    }
+    let frames = match reply.action {
+        Action::Send(payload) => [Some(frame(payload)), None],
+        Action::Close { last, code, reason } => [
+            last.map(frame),
+            Some(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            }))),
+        ],
+    };
+    for message in frames.into_iter().flatten() {
+        match conn.outbound.try_send(message) {
+            Ok(()) => {
+                gw.metrics.routes[conn.route]
+                    .replies_relayed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
+                gw.metrics.reply_dropped(ReplyDrop::SlowClient);
+                conn.control.kill(CloseReason::SlowClient);
+                return;
+            }
+            Err(TrySendError::Closed(_)) => {
+                gw.metrics.reply_dropped(ReplyDrop::UnknownConnection);
+                return;
+            }
+        }
+    }
+}
+
+fn frame(payload: Payload) -> Message {
+    match payload {
+        Payload::Text(t) => Message::Text(t.into()),
+        Payload::Binary(b) => Message::Binary(Bytes::from(b)),
+    }
+}

@@ -1,0 +1,96 @@
+//! The route table: which services hear about a connection on which path.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::config::{Service, Settings};
+
+/// A configured route, ready for the hot path.
+#[derive(Debug)]
+pub struct Route {
+    /// Index into the route list and into per-route metrics.
+    pub index: usize,
+    pub path: String,
+    /// Service names; a reply must name one of them.
+    pub services: BTreeSet<String>,
+    /// Distinct request channels: services sharing a channel get one publish per event.
+    pub channels: Vec<Arc<str>>,
+}
+
+impl Route {
+    pub fn has_service(&self, name: &str) -> bool {
+        self.services.contains(name)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_path: HashMap<String, Arc<Route>>,
+    list: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds the table from validated settings.
+    pub fn new(settings: &Settings) -> Self {
+        let mut table = Self::default();
+        for (index, (path, route)) in settings.routes.iter().enumerate() {
+            let mut channels = BTreeSet::new();
+            for (name, service) in &route.services {
+                let key = format!("routes.\"{path}\".services.{name}");
+                match service.resolve(&key).expect("settings are validated") {
+                    Service::Redis { request_channel } => channels.insert(request_channel),
+                };
+            }
+            let route = Arc::new(Route {
+                index,
+                path: path.clone(),
+                services: route.services.keys().cloned().collect(),
+                channels: channels.into_iter().map(Arc::from).collect(),
+            });
+            table.by_path.insert(path.clone(), route.clone());
+            table.list.push(route);
+        }
+        table
+    }
+
+    /// Exact match on the path; the query string is not part of it.
+    pub fn get(&self, path: &str) -> Option<&Arc<Route>> {
+        self.by_path.get(path)
+    }
+
+    pub fn by_index(&self, index: usize) -> &Arc<Route> {
+        &self.list[index]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.list.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_sharing_a_channel_share_one_publish() {
+        let s = Settings::from_toml(
+            r#"
+            [routes."/quotes".services.quoteservice]
+            type = "redis"
+            request_channel = "input"
+            [routes."/quotes".services.chartservice]
+            type = "redis"
+            request_channel = "input"
+            [routes."/quotes".services.audit]
+            type = "redis"
+            request_channel = "audit"
+            "#,
+        )
+        .unwrap();
+        let t = RouteTable::new(&s);
+        let r = t.get("/quotes").unwrap();
+        assert_eq!(r.channels.len(), 2);
+        assert!(r.has_service("chartservice") && !r.has_service("nope"));
+        assert!(t.get("/quotes/").is_none());
+    }
+}

@@ -1,0 +1,241 @@
+//! One WebSocket client on a route: its frames become events for the route's services, and its
+//! outbound queue (filled by [`crate::relay`]) is written to it.
+//!
+//! Every session ends the same way, whatever the cause: it leaves the registry and publishes
+//! `disconnect`, so services always hear the end of a connection they heard begin.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hyper_tungstenite::tungstenite::Message;
+use hyper_tungstenite::tungstenite::protocol::CloseFrame;
+use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::error::{Close, close_for_read_error};
+use crate::ids::ConnectionId;
+use crate::metrics::CloseReason;
+use crate::prism::{self, ClientData, EventKind, Peer};
+use crate::publisher::{Publish, Tag};
+use crate::registry::{Control, Handle};
+use crate::routes::Route;
+use crate::{ConnectionSlot, Gateway};
+
+type Sink = SplitSink<HyperWebsocketStream, Message>;
+type Stream = SplitStream<HyperWebsocketStream>;
+
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long to wait for the client's side of a close handshake.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Who connected, decided before the upgrade.
+pub struct Admitted {
+    pub route: Arc<Route>,
+    pub remote_address: String,
+    pub remote_port: u16,
+    pub slot: ConnectionSlot,
+}
+
+pub async fn run(gw: Arc<Gateway>, upgrade: HyperWebsocket, admitted: Admitted) {
+    let ws = match upgrade.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade did not complete");
+            return;
+        }
+    };
+    let id = ConnectionId::random();
+    let span = tracing::info_span!("conn", conn.id = %id, route = %admitted.route.path);
+    Session::new(gw, id, admitted)
+        .run(ws)
+        .instrument(span)
+        .await;
+}
+
+struct Session {
+    gw: Arc<Gateway>,
+    id: ConnectionId,
+    admitted: Admitted,
+    shard: usize,
+    control: Arc<Control>,
+}
+
+impl Session {
+    fn new(gw: Arc<Gateway>, id: ConnectionId, admitted: Admitted) -> Self {
+        let shard = gw.publisher.pick_shard();
+        Self {
+            gw,
+            id,
+            admitted,
+            shard,
+            control: Arc::new(Control::default()),
+        }
+    }
+
+    async fn run(self, ws: HyperWebsocketStream) {
+        let gw = self.gw.clone();
+        let route_metrics = &gw.metrics.routes[self.admitted.route.index];
+        let (tx, rx) = mpsc::channel(gw.settings.server.outbound_queue);
+        gw.registry.insert(
+            self.id.clone(),
+            Handle {
+                route: self.admitted.route.index,
+                outbound: tx,
+                control: self.control.clone(),
+            },
+        );
+        route_metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        route_metrics
+            .connections_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(remote = %self.admitted.remote_address, "connected");
+
+        self.publish(EventKind::Connect, None).await;
+        let reason = self.pump(ws, rx).await;
+
+        gw.registry.remove(self.id.as_str());
+        self.publish(EventKind::Disconnect, None).await;
+        route_metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        route_metrics.closed(reason);
+        tracing::debug!(reason = reason.as_str(), "disconnected");
+    }
+
+    /// Moves frames both ways until the connection ends; returns why it ended.
+    async fn pump(&self, ws: HyperWebsocketStream, mut rx: mpsc::Receiver<Message>) -> CloseReason {
+        let (mut sink, mut stream) = ws.split();
+        let write_timeout = self.gw.settings.server.write_timeout;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.gw.shutdown.cancelled() => {
+                    return close(&mut sink, &mut stream, Close::SHUTDOWN).await;
+                }
+                why = self.control.killed() => {
+                    return close(&mut sink, &mut stream, Close::for_kill(why)).await;
+                }
+                Some(first) = rx.recv() => {
+                    let written = tokio::select! {
+                        r = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut rx, first)) => r,
+                        // A stuck write cannot carry a close frame; just let the socket go.
+                        why = self.control.killed() => return why,
+                    };
+                    match written {
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => {
+                            // A service asked for the close; the close frame is on its way.
+                            linger(&mut stream).await;
+                            return CloseReason::DroppedByService;
+                        }
+                        Ok(Err(_)) => return CloseReason::ConnectionLost,
+                        Err(_) => return CloseReason::WriteTimeout,
+                    }
+                }
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        self.publish(EventKind::Message, Some(ClientData::Text(text.as_str()))).await;
+                    }
+                    Some(Ok(Message::Binary(data))) => {
+                        self.publish(EventKind::Message, Some(ClientData::Binary(&data))).await;
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; flushing sends it.
+                        let _ = tokio::time::timeout(CLOSE_LINGER, sink.flush()).await;
+                        return CloseReason::ClientClosed;
+                    }
+                    // Pings are answered by tungstenite on the next write or flush.
+                    Some(Ok(Message::Ping(_))) => {
+                        let _ = sink.flush().await;
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Err(e)) => {
+                        let (reply, why) = close_for_read_error(&e);
+                        if let Some(reply) = reply {
+                            close(&mut sink, &mut stream, reply).await;
+                        }
+                        return why;
+                    }
+                    None => return CloseReason::ConnectionLost,
+                },
+            }
+        }
+    }
+
+    /// Publishes one event to every distinct request channel of the route, encoded once.
+    async fn publish(&self, kind: EventKind, data: Option<ClientData<'_>>) {
+        let route = &self.admitted.route;
+        let peer = Peer {
+            id: self.id.as_str(),
+            route: &route.path,
+            remote_address: &self.admitted.remote_address,
+            remote_port: self.admitted.remote_port,
+        };
+        let payload = Bytes::from(prism::encode_event(
+            &peer,
+            kind,
+            data,
+            Some(&self.gw.response_channel),
+        ));
+        for channel in &route.channels {
+            let p = Publish {
+                channel: channel.clone(),
+                payload: payload.clone(),
+                tag: Tag::Event {
+                    route: route.index,
+                    kind,
+                },
+            };
+            self.gw.publisher.publish(self.shard, p).await;
+        }
+    }
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once. Returns true when a
+/// close frame was written (nothing may follow it).
+async fn write_batch(
+    sink: &mut Sink,
+    rx: &mut mpsc::Receiver<Message>,
+    first: Message,
+) -> Result<bool, hyper_tungstenite::tungstenite::Error> {
+    let mut closing = matches!(first, Message::Close(_));
+    sink.feed(first).await?;
+    let mut n = 1;
+    while !closing && n < WRITE_BATCH {
+        let Ok(next) = rx.try_recv() else { break };
+        closing = matches!(next, Message::Close(_));
+        sink.feed(next).await?;
+        n += 1;
+    }
+    sink.flush().await?;
+    Ok(closing)
+}
+
+/// Sends a close frame (bounded in time) and waits briefly for the client's answer, so the
+/// frame is not lost to a reset. Returns the close's reason for counting.
+async fn close(sink: &mut Sink, stream: &mut Stream, close: Close) -> CloseReason {
+    let frame = Message::Close(Some(CloseFrame {
+        code: CloseCode::from(close.code),
+        reason: close.reason.into(),
+    }));
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, sink.send(frame)).await {
+        linger(stream).await;
+    }
+    close.why
+}
+
+/// Reads (and discards) until the client closes its side, for at most [`CLOSE_LINGER`].
+async fn linger(stream: &mut Stream) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}

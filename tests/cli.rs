@@ -1,0 +1,263 @@
+//! The `refract` binary as an operator runs it: config errors, `check`, node ids, signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_refract");
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("refract.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_check(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, text);
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_file_and_key() {
+    let cases = [
+        (
+            "[routes.\"/quotes\".services.quoteservice]\ntype = \"redis\"\n",
+            "routes.\"/quotes\".services.quoteservice: request_channel is required",
+        ),
+        (
+            "[routes.\"/q\".services.s]\ntype = \"carrier-pigeon\"\nrequest_channel = \"x\"\n",
+            "routes.\"/q\".services.s: type \"carrier-pigeon\" is unknown",
+        ),
+        (
+            "[server]\nshutdown_grace = \"-3s\"\n",
+            "server.shutdown_grace",
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:8080\"\nlissen = 1\n",
+            "lissen",
+        ),
+        ("[redis]\nurl = \"mysql://x\"\n", "redis.url"),
+        (
+            "[routes.\"/a\".services.s]\ntype = \"redis\"\nrequest_channel = \"x\"\n\
+          [routes.\"/a\".services.s]\ntype = \"redis\"\n",
+            "duplicate",
+        ),
+        ("this is = not toml [", "refract.toml"),
+    ];
+    for (text, want) in cases {
+        let (code, stderr) = run_check(text);
+        assert_eq!(code, 64, "{text}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("refract.toml"), "names the file: {stderr}");
+        assert!(stderr.contains(want), "expected {want:?} in {stderr:?}");
+    }
+    // Running (not just checking) a bad file fails the same way, before binding anything.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[server]\nmax_connections = -1\n");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.max_connections"));
+    // A missing file too.
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/refract.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn check_accepts_the_example_config_and_help_explains_both_commands() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/routes.example.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains("check") && help.contains("--config"),
+        "{help}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/routes.example.toml"),
+        ])
+        .env("REFRACT__SERVER__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "environment overrides are validated too"
+    );
+}
+
+/// Starts the binary on a free port against `redis`; returns the child and its port.
+fn spawn_gateway(
+    redis: &Redis,
+    node_id: Option<&str>,
+    dir: &tempfile::TempDir,
+) -> (std::process::Child, u16) {
+    let port = free_port();
+    let path = write_config(
+        dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[redis]\nurl = \"{}\"\ncanary_interval = \"200ms\"\n{QUOTES}",
+            redis.url()
+        ),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.env_remove("REFRACT_NODE_ID");
+    if let Some(id) = node_id {
+        cmd.env("REFRACT_NODE_ID", id);
+    }
+    (cmd.spawn().unwrap(), port)
+}
+
+async fn response_channels(redis: &Redis) -> Vec<String> {
+    let mut c = redis.conn().await;
+    let mut v: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("refract.responses.*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn node_ids_come_from_the_environment_or_are_generated_unique() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut named, _) = spawn_gateway(&redis, Some("gw-east-1"), &dir);
+    let dir2 = tempfile::tempdir().unwrap();
+    let (mut anon1, _) = spawn_gateway(&redis, None, &dir2);
+    let dir3 = tempfile::tempdir().unwrap();
+    let (mut anon2, _) = spawn_gateway(&redis, None, &dir3);
+    let channels = eventually("three nodes subscribed", || async {
+        let c = response_channels(&redis).await;
+        (c.len() == 3).then_some(c)
+    })
+    .await;
+    assert!(
+        channels.contains(&"refract.responses.gw-east-1".to_string()),
+        "{channels:?}"
+    );
+    let generated: Vec<_> = channels
+        .iter()
+        .filter(|c| c.starts_with("refract.responses.n-"))
+        .collect();
+    assert_eq!(
+        generated.len(),
+        2,
+        "two distinct generated ids: {channels:?}"
+    );
+    for child in [&mut named, &mut anon1, &mut anon2] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_tells_services_and_exits_0() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = spawn_gateway(&redis, Some("sigterm-node"), &dir);
+    let url = format!("ws://127.0.0.1:{port}/quotes");
+    eventually("the binary to become ready", || async {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return None;
+        }
+        (http_request(
+            addr,
+            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .0 == 200)
+            .then_some(())
+    })
+    .await;
+    let mut input = redis.subscribe("input").await;
+    let mut client = Client::connect(&url).await;
+    let id = input.next_json().await["id"].as_str().unwrap().to_string();
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        client.recv_close().await,
+        (1001, "server shutting down".to_string())
+    );
+    let v = input.next_for(&id).await;
+    assert_eq!(v["type"], "disconnect");
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+}
+
+#[test]
+fn the_binary_logs_startup_to_stderr() {
+    // Guard against a silent binary: operators read these lines.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = rt.block_on(Redis::start());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _) = spawn_gateway(&redis, Some("log-node"), &dir);
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut found = false;
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        if line.contains("refract starting") && line.contains("log-node") {
+            found = true;
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(found, "startup line with the node id");
+}

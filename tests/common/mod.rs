@@ -1,0 +1,381 @@
+//! Test harness: a real `redis-server` on a free port, the gateway started with `refract::run`
+//! on port 0, real WebSocket clients, and real Redis subscribers playing the services.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `WAIT`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` of the test's own, never on 6379.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let mut r = Self::on_port(free_port());
+        r.restart().await;
+        r
+    }
+
+    /// A handle for `port` with no server started yet.
+    pub fn on_port(port: u16) -> Self {
+        assert_ne!(port, 6379);
+        Self { port, child: None }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("redis-server to answer PING", || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    pub async fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
+        let mut c = self.conn().await;
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload.as_ref())
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
+    /// A subscriber on `channel`, like a service listening on its request channel.
+    pub async fn subscribe(&self, channel: &str) -> Subscriber {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(channel).await.unwrap();
+        let mut stream = pubsub.into_on_message();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                if tx.send(msg.get_payload_bytes().to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Subscriber { rx, task }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Subscriber {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    pub async fn next_raw(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for a Redis message")
+            .expect("subscriber ended")
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        let raw = self.next_raw().await;
+        serde_json::from_slice(&raw).expect("a JSON message")
+    }
+
+    /// The next message of `kind` for connection `id`, skipping other connections' events.
+    pub async fn next_for(&mut self, id: &str) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    /// Nothing else arrived (checked without waiting).
+    pub fn try_next(&mut self) -> Option<Vec<u8>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running gateway, started in-process with `refract::run` on port 0.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub node_id: String,
+    pub shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), refract::Error>>>,
+}
+
+pub const QUOTES: &str = r#"
+[routes."/quotes".services.quoteservice]
+type = "redis"
+request_channel = "input"
+
+[routes."/quotes".services.chartservice]
+type = "redis"
+request_channel = "input"
+"#;
+
+impl Gateway {
+    /// Starts a gateway with `routes` (TOML) and extra top-level TOML, waiting until ready.
+    pub async fn start(redis: &Redis, routes: &str) -> Self {
+        let gw = Self::start_unready(&redis.url(), routes, "").await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Starts without waiting for readiness; `extra` is TOML placed before `[redis]`.
+    pub async fn start_unready(redis_url: &str, routes: &str, extra: &str) -> Self {
+        let node_id = format!("test-{}", free_port());
+        let text = format!(
+            "node_id = \"{node_id}\"\n{extra}\n[redis]\nurl = \"{redis_url}\"\n\
+             canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n{routes}"
+        );
+        let settings = refract::Settings::from_toml(&text).expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(refract::run(settings, listener, shutdown.clone()));
+        Self {
+            addr,
+            node_id,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn response_channel(&self) -> String {
+        format!("refract.responses.{}", self.node_id)
+    }
+
+    pub async fn wait_ready(&self) {
+        eventually("gateway /readyz to be 200", || async {
+            (self.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// A plain HTTP GET; returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_request(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+    }
+
+    pub async fn metric(&self, line_prefix: &str) -> u64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {line_prefix} not found"))
+    }
+
+    pub async fn ws(&self, path: &str) -> Client {
+        Client::connect(&format!("ws://{}{path}", self.addr)).await
+    }
+
+    /// Cancels and waits for `run` to return.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("gateway stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Sends a raw HTTP/1.1 request and reads the whole response.
+pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket connect");
+        Self { ws }
+    }
+
+    pub async fn connect_request(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("WebSocket connect");
+        Self { ws }
+    }
+
+    pub fn local_port(&self) -> u16 {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(s) => s.local_addr().unwrap().port(),
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next data or close frame (pings and pongs skipped).
+    pub async fn recv(&mut self) -> Message {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("stream ended")
+                .expect("frame");
+            if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+                return m;
+            }
+        }
+    }
+
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Message::Text(t) => t.to_string(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close frame and returns its code and reason.
+    pub async fn recv_close(&mut self) -> (u16, String) {
+        match self.recv().await {
+            Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+}
+
+/// Connects a client and returns it with its id, read from the `connect` event on `sub`.
+pub async fn connect_and_identify(
+    gw: &Gateway,
+    path: &str,
+    sub: &mut Subscriber,
+) -> (Client, String) {
+    let client = gw.ws(path).await;
+    let port = client.local_port();
+    loop {
+        let v = sub.next_json().await;
+        if v["type"] == "connect" && v["remotePort"] == port {
+            return (client, v["id"].as_str().unwrap().to_string());
+        }
+    }
+}
+
+pub fn reply(id: &str, service: &str, message: &str) -> String {
+    serde_json::json!({"id": id, "type": "message", "service": service, "message": message})
+        .to_string()
+}

@@ -1,0 +1,103 @@
+//! The documented example backend (docs/examples/quotes_service.py) against the real gateway,
+//! configured from routes.example.toml's routes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn python() -> String {
+    std::env::var("REFRACT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The `[routes...]` part of the shipped example config.
+fn example_routes() -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.example.toml"))
+        .unwrap();
+    let start = text.find("[routes.").expect("example has routes");
+    text[start..].to_string()
+}
+
+async fn next_kind(client: &mut Client, skip_ticks: bool) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&client.recv_text().await).unwrap();
+        if !(skip_ticks && v["kind"] == "tick") {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_python_quotes_example_serves_the_example_route() {
+    let redis = Redis::start().await;
+    let mut service = tokio::process::Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/examples/quotes_service.py"
+        ))
+        .args(["--redis-url", &redis.url(), "--interval", "0.2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with redis-py (pip install -r docs/examples/requirements.txt)");
+    let mut out = BufReader::new(service.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, out.next_line())
+        .await
+        .expect("service starts")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("quotes_service ready"));
+
+    let gw = Gateway::start(&redis, &example_routes()).await;
+    let mut client = gw.ws("/quotes").await;
+    let welcome = next_kind(&mut client, true).await;
+    assert_eq!(welcome["kind"], "welcome");
+
+    client.send("ACME").await;
+    let quote = next_kind(&mut client, true).await;
+    assert_eq!(
+        (quote["kind"].as_str(), quote["symbol"].as_str()),
+        (Some("quote"), Some("ACME"))
+    );
+    assert!(quote["price"].is_number());
+
+    client.send("chart GLOBEX").await;
+    let chart = next_kind(&mut client, true).await;
+    assert_eq!(chart["kind"], "chart");
+    assert_eq!(chart["points"].as_array().unwrap().len(), 5);
+
+    // The service pushes ticks on its own timer, through the gateway, to this client.
+    let tick = next_kind(&mut client, false).await;
+    assert!(tick["kind"] == "tick" || tick["kind"] == "quote", "{tick}");
+    loop {
+        if next_kind(&mut client, false).await["kind"] == "tick" {
+            break;
+        }
+    }
+
+    client.send("bye").await;
+    assert_eq!(next_kind(&mut client, true).await["kind"], "bye");
+    // Ticks already queued may arrive before the close; the close itself is normal.
+    loop {
+        match client.recv().await {
+            tokio_tungstenite::tungstenite::Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 1000);
+                break;
+            }
+            tokio_tungstenite::tungstenite::Message::Text(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &service.id().unwrap().to_string()])
+        .status();
+    let status = tokio::time::timeout(WAIT, service.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the example exits cleanly on SIGTERM");
+    gw.stop().await;
+}
