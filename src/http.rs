@@ -33,7 +33,7 @@ fn respond(
     match (req.method(), path) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => {
-            return if gw.is_ready() {
+            return if gw.is_ready() && !gw.shutdown.is_cancelled() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 reject(gw, Rejection::NotReady)

@@ -40,15 +40,14 @@ pub async fn run(gw: Arc<Gateway>) {
             Ok(stream) => {
                 gw.metrics.subscriber_connects.fetch_add(1, Relaxed);
                 tracing::info!(channel = %gw.response_channel, "subscribed to the response channel");
-                let end = serve(&gw, stream, &mut backoff, &log).await;
-                gw.set_ready(false);
-                end
+                serve(&gw, stream, &mut backoff, &log).await
             }
             Err(e) => End::Lost(e),
         };
         match end {
             End::Shutdown => return,
             End::Lost(why) => {
+                gw.set_ready(false);
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %why, retry_in = ?delay, "response-channel subscription lost");
                 tokio::select! {
