@@ -137,14 +137,48 @@ pub struct RouteSettings {
 pub struct ServiceSettings {
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    /// `type = "redis"`: the channel the service listens on.
     pub request_channel: Option<String>,
+    /// `type = "http"`: one URL, or a list used round robin.
+    pub url: Option<OneOrMany>,
+    /// `type = "http"`: extra request headers (for example an API key).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// `type = "http"`: per-request timeout (default 5s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// `type = "http"`: requests in flight to this service at once (default 64).
+    pub max_in_flight: Option<usize>,
+    /// `type = "http"`: poll every live connection this often; absent = no polling.
+    #[serde(default, with = "humantime_serde")]
+    pub polling_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A service as the gateway uses it, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Service {
     Redis { request_channel: String },
+    Http(HttpService),
 }
+
+/// A legacy HTTP service, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpService {
+    pub urls: Vec<reqwest::Url>,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub polling_interval: Option<Duration>,
+}
+
+pub const HTTP_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HTTP_DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 impl Settings {
     /// Reads `path` (TOML) and applies `REFRACT__SECTION__KEY` environment overrides.
@@ -249,19 +283,87 @@ impl Settings {
 impl ServiceSettings {
     /// The validated form of this service; `key` names it in errors.
     pub fn resolve(&self, key: &str) -> Result<Service, ConfigError> {
+        let err = |m: String| ConfigError::new(key, m);
         match self.kind.as_deref() {
-            None => Err(ConfigError::new(key, "type is required (\"redis\")")),
-            Some("redis") => match self.request_channel.as_deref() {
-                None | Some("") => Err(ConfigError::new(key, "request_channel is required")),
-                Some(channel) => Ok(Service::Redis {
-                    request_channel: channel.to_owned(),
-                }),
-            },
-            Some(other) => Err(ConfigError::new(
-                key,
-                format!("type \"{other}\" is unknown (expected \"redis\")"),
-            )),
+            None => Err(err("type is required (\"redis\" or \"http\")".into())),
+            Some("redis") => {
+                let http_only = [
+                    ("url", self.url.is_some()),
+                    ("headers", self.headers.is_some()),
+                    ("timeout", self.timeout.is_some()),
+                    ("max_in_flight", self.max_in_flight.is_some()),
+                    ("polling_interval", self.polling_interval.is_some()),
+                ];
+                if let Some((name, _)) = http_only.iter().find(|(_, set)| *set) {
+                    return Err(err(format!("{name} applies to type = \"http\" only")));
+                }
+                match self.request_channel.as_deref() {
+                    None | Some("") => Err(err("request_channel is required".into())),
+                    Some(channel) => Ok(Service::Redis {
+                        request_channel: channel.to_owned(),
+                    }),
+                }
+            }
+            Some("http") => self.resolve_http(key).map(Service::Http),
+            Some(other) => Err(err(format!(
+                "type \"{other}\" is unknown (expected \"redis\" or \"http\")"
+            ))),
         }
+    }
+
+    fn resolve_http(&self, key: &str) -> Result<HttpService, ConfigError> {
+        let err = |m: String| ConfigError::new(key, m);
+        if self.request_channel.is_some() {
+            return Err(err(
+                "request_channel applies to type = \"redis\" only".into()
+            ));
+        }
+        let raw_urls = match &self.url {
+            None => return Err(err("url is required".into())),
+            Some(OneOrMany::One(u)) => vec![u.clone()],
+            Some(OneOrMany::Many(list)) if list.is_empty() => {
+                return Err(err("url must list at least one URL".into()));
+            }
+            Some(OneOrMany::Many(list)) => list.clone(),
+        };
+        let mut urls = Vec::with_capacity(raw_urls.len());
+        for raw in raw_urls {
+            let url = reqwest::Url::parse(&raw)
+                .map_err(|e| err(format!("url \"{raw}\" is not a valid URL ({e})")))?;
+            match url.scheme() {
+                "http" => urls.push(url),
+                "https" => {
+                    return Err(err(format!(
+                        "url \"{raw}\": https is not supported for legacy services; \
+                         use http:// on a trusted network or terminate TLS in a local proxy"
+                    )));
+                }
+                other => return Err(err(format!("url \"{raw}\": scheme {other} is not http"))),
+            }
+        }
+        let mut headers = Vec::new();
+        for (name, value) in self.headers.iter().flatten() {
+            let ok = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && hyper::header::HeaderValue::from_str(value).is_ok();
+            if !ok {
+                return Err(err(format!("headers: \"{name}\" is not a valid header")));
+            }
+            headers.push((name.clone(), value.clone()));
+        }
+        let timeout = self.timeout.unwrap_or(HTTP_DEFAULT_TIMEOUT);
+        nonzero(&format!("{key}.timeout"), timeout)?;
+        let max_in_flight = self.max_in_flight.unwrap_or(HTTP_DEFAULT_MAX_IN_FLIGHT);
+        positive(&format!("{key}.max_in_flight"), max_in_flight)?;
+        if let Some(p) = self.polling_interval {
+            nonzero(&format!("{key}.polling_interval"), p)?;
+        }
+        Ok(HttpService {
+            urls,
+            headers,
+            timeout,
+            max_in_flight,
+            polling_interval: self.polling_interval,
+        })
     }
 }
 
@@ -398,6 +500,54 @@ mod tests {
         assert!(
             e.contains("routes.\"/q\".services.s: type \"kafka\" is unknown"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn http_services_take_one_url_or_a_list() {
+        let s = Settings::from_toml(
+            r#"
+            [routes."/news".services.legacy]
+            type = "http"
+            url = ["http://127.0.0.1:9000/a", "http://127.0.0.1:9001/b"]
+            headers = { "x-api-key" = "k" }
+            polling_interval = "2s"
+            "#,
+        )
+        .unwrap();
+        let Service::Http(h) = s.routes["/news"].services["legacy"].resolve("k").unwrap() else {
+            panic!()
+        };
+        assert_eq!(h.urls.len(), 2);
+        assert_eq!(h.timeout, HTTP_DEFAULT_TIMEOUT);
+        assert_eq!(h.max_in_flight, 64);
+        assert_eq!(h.polling_interval, Some(Duration::from_secs(2)));
+        assert_eq!(h.headers, vec![("x-api-key".to_string(), "k".to_string())]);
+    }
+
+    #[test]
+    fn http_service_errors_name_the_key() {
+        let svc = "[routes.\"/n\".services.h]\ntype = \"http\"\n";
+        assert!(err(svc).ends_with("routes.\"/n\".services.h: url is required"));
+        assert!(err(&format!("{svc}url = \"nope\"\n")).contains("not a valid URL"));
+        assert!(err(&format!("{svc}url = \"https://x/\"\n")).contains("https is not supported"));
+        assert!(err(&format!("{svc}url = []\n")).contains("at least one URL"));
+        assert!(
+            err(&format!(
+                "{svc}url = \"http://x/\"\npolling_interval = \"0s\"\n"
+            ))
+            .contains("routes.\"/n\".services.h.polling_interval")
+        );
+        assert!(
+            err(&format!(
+                "{svc}url = \"http://x/\"\nrequest_channel = \"c\"\n"
+            ))
+            .contains("request_channel applies to type = \"redis\" only")
+        );
+        let redis = "[routes.\"/n\".services.r]\ntype = \"redis\"\nrequest_channel = \"c\"\n";
+        assert!(
+            err(&format!("{redis}url = \"http://x/\"\n"))
+                .contains("url applies to type = \"http\" only")
         );
     }
 

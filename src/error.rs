@@ -13,6 +13,8 @@ use crate::metrics::{CloseReason, Rejection};
 pub enum Error {
     #[error("redis: {0}")]
     Redis(String),
+    #[error("http client: {0}")]
+    Http(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

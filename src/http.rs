@@ -40,6 +40,12 @@ fn respond(
             };
         }
         (&Method::GET, "/metrics") => {
+            for (_, service) in gw.routes.http_services() {
+                gw.metrics.http[service.metrics].urls_down.store(
+                    service.urls_down() as i64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             return text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

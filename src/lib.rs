@@ -15,6 +15,7 @@
 //! - [`publisher`]: sharded, pipelined PUBLISH to Redis, in order per connection.
 //! - [`subscriber`]: the node's response-channel subscription, its canary and reconnects.
 //! - [`relay`]: where a decoded service reply becomes frames on a client's queue.
+//! - [`legacy`]: HTTP services: events POSTed in order per connection, polling, backoff.
 //! - [`routes`], [`net`], [`ids`]: the route table, client addresses, identifiers.
 //! - [`metrics`]: every counter, rendered as Prometheus text.
 //! - [`error`]: typed errors and their mapping to HTTP statuses and close codes.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod legacy;
 pub mod metrics;
 pub mod net;
 pub mod prism;
@@ -67,6 +69,8 @@ pub struct Gateway {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
+    /// Shared keep-alive client for legacy HTTP services.
+    pub http_client: reqwest::Client,
     ready: AtomicBool,
     /// Connection slots in use, for `server.max_connections`.
     live: AtomicUsize,
@@ -129,7 +133,17 @@ pub async fn run(
         .unwrap_or_else(NodeId::generate);
     let response_channel: Arc<str> = format!("{}.{}", settings.redis.response_channel, node).into();
     let routes = RouteTable::new(&settings);
-    let metrics = Arc::new(Metrics::new(routes.iter().map(|r| r.path.clone())));
+    let metrics = Arc::new(Metrics::new(
+        routes.iter().map(|r| r.path.clone()),
+        routes
+            .http_services()
+            .map(|(r, s)| (r.path.clone(), s.name.clone())),
+    ));
+    let http_client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| Error::Http(e.to_string()))?;
     let workers = TaskTracker::new();
     let drain = CancellationToken::new();
     let publisher = Publisher::start(&settings.redis, metrics.clone(), drain.clone(), &workers)?;
@@ -142,6 +156,7 @@ pub async fn run(
         registry: Registry::default(),
         metrics,
         publisher,
+        http_client,
         ready: AtomicBool::new(false),
         live: AtomicUsize::new(0),
         shutdown: shutdown.clone(),

@@ -87,6 +87,41 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// The outcome of one request to a legacy HTTP service.
+    HttpResult {
+        Ok => "ok",
+        ServerError => "server_error",
+        ClientError => "client_error",
+        InvalidBody => "invalid_body",
+        TooLarge => "too_large",
+        Timeout => "timeout",
+        ConnectError => "connect_error",
+        BackingOff => "backing_off",
+        QueueFull => "queue_full",
+    }
+);
+
+/// Counters of one legacy HTTP service.
+pub struct HttpMetrics {
+    pub route: String,
+    pub service: String,
+    results: Box<[AtomicU64]>,
+    pub polls: AtomicU64,
+    /// URLs currently backing off; refreshed when metrics are collected.
+    pub urls_down: AtomicI64,
+}
+
+impl HttpMetrics {
+    pub fn count(&self, result: HttpResult) {
+        self.results[result as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, result: HttpResult) -> u64 {
+        self.results[result as usize].load(Relaxed)
+    }
+}
+
 fn counters(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
 }
@@ -130,6 +165,7 @@ impl RouteMetrics {
 
 pub struct Metrics {
     pub routes: Vec<RouteMetrics>,
+    pub http: Vec<HttpMetrics>,
     replies_dropped: Box<[AtomicU64]>,
     rejections: Box<[AtomicU64]>,
     /// Publishes that are not about one route (`notconnected`) and were lost.
@@ -142,9 +178,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(route_names: impl IntoIterator<Item = String>) -> Self {
+    /// `http_services` are (route, service) names, in the order of their metrics index.
+    pub fn new(
+        route_names: impl IntoIterator<Item = String>,
+        http_services: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
         Self {
             routes: route_names.into_iter().map(RouteMetrics::new).collect(),
+            http: http_services
+                .into_iter()
+                .map(|(route, service)| HttpMetrics {
+                    route,
+                    service,
+                    results: counters(HttpResult::ALL.len()),
+                    polls: AtomicU64::new(0),
+                    urls_down: AtomicI64::new(0),
+                })
+                .collect(),
             replies_dropped: counters(ReplyDrop::ALL.len()),
             rejections: counters(Rejection::ALL.len()),
             other_lost: AtomicU64::new(0),
@@ -319,6 +369,57 @@ impl Metrics {
         }
         header(
             &mut out,
+            "refract_http_requests_total",
+            "counter",
+            "Requests to legacy HTTP services, by result",
+        );
+        for h in &self.http {
+            for result in HttpResult::ALL {
+                let labels = [
+                    ("route", &*h.route),
+                    ("service", &*h.service),
+                    ("result", result.as_str()),
+                ];
+                sample(
+                    &mut out,
+                    "refract_http_requests_total",
+                    &labels,
+                    h.get(*result),
+                );
+            }
+        }
+        header(
+            &mut out,
+            "refract_http_polls_total",
+            "counter",
+            "Polls sent to legacy HTTP services",
+        );
+        for h in &self.http {
+            let labels = [("route", &*h.route), ("service", &*h.service)];
+            sample(
+                &mut out,
+                "refract_http_polls_total",
+                &labels,
+                h.polls.load(Relaxed),
+            );
+        }
+        header(
+            &mut out,
+            "refract_http_service_urls_backing_off",
+            "gauge",
+            "URLs of a legacy HTTP service backed off after repeated failures",
+        );
+        for h in &self.http {
+            let labels = [("route", &*h.route), ("service", &*h.service)];
+            sample(
+                &mut out,
+                "refract_http_service_urls_backing_off",
+                &labels,
+                h.urls_down.load(Relaxed),
+            );
+        }
+        header(
+            &mut out,
             "refract_redis_subscriber_connects_total",
             "counter",
             "Times the response-channel subscription was (re)established",
@@ -424,7 +525,7 @@ mod tests {
 
     #[test]
     fn renders_labelled_counters() {
-        let m = Metrics::new(["/quotes".to_string()]);
+        let m = Metrics::new(["/quotes".to_string()], []);
         m.routes[0].published(crate::prism::EventKind::Message, 3);
         m.reply_dropped(ReplyDrop::InvalidJson);
         m.routes[0].closed(CloseReason::SlowClient);

@@ -225,45 +225,74 @@ pub fn decode_inbound(bytes: &[u8], max_size: usize) -> Result<Inbound, ReplyErr
             .map(Inbound::Canary)
             .ok_or(ReplyError::MissingField("seq"));
     }
-    let id = raw.id.ok_or(ReplyError::MissingField("id"))?.into_owned();
+    let id = raw.id.as_deref().ok_or(ReplyError::MissingField("id"))?;
     let service = raw
         .service
-        .ok_or(ReplyError::MissingField("service"))?
-        .into_owned();
+        .as_deref()
+        .ok_or(ReplyError::MissingField("service"))?;
+    let action = action(&raw)?;
+    Ok(Inbound::Reply(Reply {
+        id: id.to_owned(),
+        service: service.to_owned(),
+        action,
+        response_channel: raw.response_channel.map(Cow::into_owned),
+    }))
+}
+
+/// What one reply asks for; shared by Redis replies and HTTP response bodies.
+fn action(raw: &RawReply<'_>) -> Result<Action, ReplyError> {
     let binary = raw.binary.unwrap_or(false);
-    let payload = |message: Option<Cow<'_, str>>| -> Result<Option<Payload>, ReplyError> {
-        match message {
+    let payload = || -> Result<Option<Payload>, ReplyError> {
+        match raw.message.as_deref() {
             None => Ok(None),
             Some(m) if binary => BASE64
                 .decode(m.as_bytes())
                 .map(|b| Some(Payload::Binary(b)))
                 .map_err(|_| ReplyError::InvalidBase64),
-            Some(m) => Ok(Some(Payload::Text(m.into_owned()))),
+            Some(m) => Ok(Some(Payload::Text(m.to_owned()))),
         }
     };
-    let action = match raw.kind.as_deref() {
-        None | Some("message") => {
-            Action::Send(payload(raw.message)?.ok_or(ReplyError::MissingField("message"))?)
-        }
+    match raw.kind.as_deref() {
+        None | Some("message") => Ok(Action::Send(
+            payload()?.ok_or(ReplyError::MissingField("message"))?,
+        )),
         Some("drop" | "disconnect") => {
             let code = raw.code.unwrap_or(1000);
             if !is_sendable_close_code(code) {
                 return Err(ReplyError::InvalidCloseCode);
             }
-            Action::Close {
-                last: payload(raw.message)?,
+            Ok(Action::Close {
+                last: payload()?,
                 code,
                 reason: clamp_reason(raw.reason.as_deref().unwrap_or("")).to_owned(),
-            }
+            })
         }
-        Some(_) => return Err(ReplyError::UnknownType),
+        Some(_) => Err(ReplyError::UnknownType),
+    }
+}
+
+/// Decodes a legacy HTTP service's response body: one WebSocketResponse, a JSON array of them,
+/// or nothing (empty or whitespace). The replies are for the connection the request was about,
+/// so `id` and `service` are optional here. One bad item rejects the whole body: a service that
+/// sends garbage gets nothing through rather than half of it.
+pub fn decode_http_body(bytes: &[u8], max_size: usize) -> Result<Vec<Action>, ReplyError> {
+    if bytes.len() > max_size {
+        return Err(ReplyError::TooLarge);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let classify = |e: serde_json::Error| match e.classify() {
+        serde_json::error::Category::Data => ReplyError::WrongType,
+        _ => ReplyError::InvalidJson,
     };
-    Ok(Inbound::Reply(Reply {
-        id,
-        service,
-        action,
-        response_channel: raw.response_channel.map(Cow::into_owned),
-    }))
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let raws: Vec<RawReply<'_>> = if first == Some(&b'[') {
+        serde_json::from_slice(bytes).map_err(classify)?
+    } else {
+        vec![serde_json::from_slice(bytes).map_err(classify)?]
+    };
+    raws.iter().map(action).collect()
 }
 
 #[cfg(test)]
@@ -456,6 +485,46 @@ mod tests {
         };
         assert_eq!(r.id, "ab");
         assert_eq!(r.action, Action::Send(Payload::Text("line\nnext é".into())));
+    }
+
+    #[test]
+    fn http_bodies_are_one_reply_an_array_or_nothing() {
+        let max = 1 << 20;
+        assert_eq!(decode_http_body(b"", max), Ok(vec![]));
+        assert_eq!(decode_http_body(b" \n ", max), Ok(vec![]));
+        assert_eq!(decode_http_body(b"[]", max), Ok(vec![]));
+        assert_eq!(
+            decode_http_body(br#"{"message":"hi"}"#, max),
+            Ok(vec![Action::Send(Payload::Text("hi".into()))])
+        );
+        assert_eq!(
+            decode_http_body(
+                br#" [{"message":"a"},{"type":"drop","message":"b","code":4001}]"#,
+                max
+            ),
+            Ok(vec![
+                Action::Send(Payload::Text("a".into())),
+                Action::Close {
+                    last: Some(Payload::Text("b".into())),
+                    code: 4001,
+                    reason: String::new()
+                }
+            ])
+        );
+        assert_eq!(
+            decode_http_body(b"<html>oops</html>", max),
+            Err(ReplyError::InvalidJson)
+        );
+        assert_eq!(decode_http_body(b"42", max), Err(ReplyError::WrongType));
+        assert_eq!(
+            decode_http_body(br#"[{"message":"a"},{"message":7}]"#, max),
+            Err(ReplyError::WrongType)
+        );
+        assert_eq!(
+            decode_http_body(br#"[{}]"#, max),
+            Err(ReplyError::MissingField("message"))
+        );
+        assert_eq!(decode_http_body(&[b' '; 10], 5), Err(ReplyError::TooLarge));
     }
 
     #[test]

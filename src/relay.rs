@@ -13,6 +13,7 @@ use crate::Gateway;
 use crate::metrics::{CloseReason, LogLimiter, ReplyDrop};
 use crate::prism::{self, Action, Payload, Reply, ReplyError};
 use crate::publisher::{Publish, Tag};
+use crate::registry::Handle;
 
 /// Counts and (rate-limited) logs a message on the response channel that could not be decoded.
 pub fn bad_reply(gw: &Gateway, log: &LogLimiter, e: ReplyError) {
@@ -46,7 +47,21 @@ pub fn deliver(gw: &Gateway, log: &LogLimiter, reply: Reply) {
         }
         return;
     }
-    let frames = match reply.action {
+    push_actions(gw, &conn, [reply.action]);
+}
+
+/// Queues the frames of `actions` on one connection, in order, never waiting.
+pub fn push_actions(gw: &Gateway, conn: &Handle, actions: impl IntoIterator<Item = Action>) {
+    for action in actions {
+        if !push_action(gw, conn, action) {
+            return;
+        }
+    }
+}
+
+/// Returns false when the connection can take no more.
+fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
+    let frames = match action {
         Action::Send(payload) => [Some(frame(payload)), None],
         Action::Close { last, code, reason } => [
             last.map(frame),
@@ -66,14 +81,15 @@ pub fn deliver(gw: &Gateway, log: &LogLimiter, reply: Reply) {
             Err(TrySendError::Full(_)) => {
                 gw.metrics.reply_dropped(ReplyDrop::SlowClient);
                 conn.control.kill(CloseReason::SlowClient);
-                return;
+                return false;
             }
             Err(TrySendError::Closed(_)) => {
                 gw.metrics.reply_dropped(ReplyDrop::UnknownConnection);
-                return;
+                return false;
             }
         }
     }
+    true
 }
 
 fn frame(payload: Payload) -> Message {

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::config::{Service, Settings};
+use crate::legacy::LegacyService;
 
 /// A configured route, ready for the hot path.
 #[derive(Debug)]
@@ -15,6 +16,8 @@ pub struct Route {
     pub services: BTreeSet<String>,
     /// Distinct request channels: services sharing a channel get one publish per event.
     pub channels: Vec<Arc<str>>,
+    /// Legacy HTTP services, each POSTed every event.
+    pub http: Vec<Arc<LegacyService>>,
 }
 
 impl Route {
@@ -27,6 +30,7 @@ impl Route {
 pub struct RouteTable {
     by_path: HashMap<String, Arc<Route>>,
     list: Vec<Arc<Route>>,
+    http_count: usize,
 }
 
 impl RouteTable {
@@ -35,17 +39,26 @@ impl RouteTable {
         let mut table = Self::default();
         for (index, (path, route)) in settings.routes.iter().enumerate() {
             let mut channels = BTreeSet::new();
+            let mut http = Vec::new();
             for (name, service) in &route.services {
                 let key = format!("routes.\"{path}\".services.{name}");
                 match service.resolve(&key).expect("settings are validated") {
-                    Service::Redis { request_channel } => channels.insert(request_channel),
-                };
+                    Service::Redis { request_channel } => {
+                        channels.insert(request_channel);
+                    }
+                    Service::Http(config) => {
+                        let index = table.http_count;
+                        table.http_count += 1;
+                        http.push(Arc::new(LegacyService::new(name.clone(), index, config)));
+                    }
+                }
             }
             let route = Arc::new(Route {
                 index,
                 path: path.clone(),
                 services: route.services.keys().cloned().collect(),
                 channels: channels.into_iter().map(Arc::from).collect(),
+                http,
             });
             table.by_path.insert(path.clone(), route.clone());
             table.list.push(route);
@@ -64,6 +77,13 @@ impl RouteTable {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.list.iter()
+    }
+
+    /// Every legacy HTTP service with its route, in metrics-index order.
+    pub fn http_services(&self) -> impl Iterator<Item = (&Arc<Route>, &Arc<LegacyService>)> {
+        self.list
+            .iter()
+            .flat_map(|r| r.http.iter().map(move |s| (r, s)))
     }
 }
 

@@ -19,8 +19,9 @@ use tracing::Instrument;
 
 use crate::error::{Close, close_for_read_error};
 use crate::ids::ConnectionId;
+use crate::legacy::{Data, Lane, PeerInfo};
 use crate::metrics::CloseReason;
-use crate::prism::{self, ClientData, EventKind, Peer};
+use crate::prism::{self, ClientData, EventKind};
 use crate::publisher::{Publish, Tag};
 use crate::registry::{Control, Handle};
 use crate::routes::Route;
@@ -52,6 +53,7 @@ pub async fn run(gw: Arc<Gateway>, upgrade: HyperWebsocket, admitted: Admitted) 
     };
     let id = ConnectionId::random();
     let span = tracing::info_span!("conn", conn.id = %id, route = %admitted.route.path);
+    // The slot moves into the session and is freed when it ends.
     Session::new(gw, id, admitted)
         .run(ws)
         .instrument(span)
@@ -60,48 +62,62 @@ pub async fn run(gw: Arc<Gateway>, upgrade: HyperWebsocket, admitted: Admitted) 
 
 struct Session {
     gw: Arc<Gateway>,
-    id: ConnectionId,
-    admitted: Admitted,
+    peer: Arc<PeerInfo>,
     shard: usize,
     control: Arc<Control>,
+    /// One per legacy HTTP service of the route.
+    lanes: Vec<Lane>,
+    /// Held for the life of the session: frees the connection slot when dropped.
+    _slot: ConnectionSlot,
 }
 
 impl Session {
     fn new(gw: Arc<Gateway>, id: ConnectionId, admitted: Admitted) -> Self {
         let shard = gw.publisher.pick_shard();
+        let peer = Arc::new(PeerInfo {
+            id,
+            route: admitted.route,
+            remote_address: admitted.remote_address,
+            remote_port: admitted.remote_port,
+        });
         Self {
             gw,
-            id,
-            admitted,
+            peer,
             shard,
             control: Arc::new(Control::default()),
+            lanes: Vec::new(),
+            _slot: admitted.slot,
         }
     }
 
-    async fn run(self, ws: HyperWebsocketStream) {
+    async fn run(mut self, ws: HyperWebsocketStream) {
         let gw = self.gw.clone();
-        let route_metrics = &gw.metrics.routes[self.admitted.route.index];
+        let route = self.peer.route.clone();
+        let route_metrics = &gw.metrics.routes[route.index];
         let (tx, rx) = mpsc::channel(gw.settings.server.outbound_queue);
-        gw.registry.insert(
-            self.id.clone(),
-            Handle {
-                route: self.admitted.route.index,
-                outbound: tx,
-                control: self.control.clone(),
-            },
-        );
+        let handle = Handle {
+            route: route.index,
+            outbound: tx,
+            control: self.control.clone(),
+        };
+        self.lanes = route
+            .http
+            .iter()
+            .map(|svc| Lane::start(&gw, svc.clone(), self.peer.clone(), handle.clone()))
+            .collect();
+        gw.registry.insert(self.peer.id.clone(), handle);
         route_metrics
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         route_metrics
             .connections_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(remote = %self.admitted.remote_address, "connected");
+        tracing::debug!(remote = %self.peer.remote_address, "connected");
 
         self.publish(EventKind::Connect, None).await;
         let reason = self.pump(ws, rx).await;
 
-        gw.registry.remove(self.id.as_str());
+        gw.registry.remove(self.peer.id.as_str());
         self.publish(EventKind::Disconnect, None).await;
         route_metrics
             .connections
@@ -170,17 +186,22 @@ impl Session {
         }
     }
 
-    /// Publishes one event to every distinct request channel of the route, encoded once.
+    /// Tells every service of the route: one encoding published to each distinct request
+    /// channel, and the event queued on each HTTP service's lane.
     async fn publish(&self, kind: EventKind, data: Option<ClientData<'_>>) {
-        let route = &self.admitted.route;
-        let peer = Peer {
-            id: self.id.as_str(),
-            route: &route.path,
-            remote_address: &self.admitted.remote_address,
-            remote_port: self.admitted.remote_port,
-        };
+        for lane in &self.lanes {
+            let owned = data.map(|d| match d {
+                ClientData::Text(t) => Data::Text(t.to_owned()),
+                ClientData::Binary(b) => Data::Binary(Bytes::copy_from_slice(b)),
+            });
+            lane.send(&self.gw, kind, owned);
+        }
+        let route = &self.peer.route;
+        if route.channels.is_empty() {
+            return;
+        }
         let payload = Bytes::from(prism::encode_event(
-            &peer,
+            &self.peer.peer(),
             kind,
             data,
             Some(&self.gw.response_channel),

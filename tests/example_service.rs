@@ -13,12 +13,14 @@ fn python() -> String {
     std::env::var("REFRACT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// The `[routes...]` part of the shipped example config.
-fn example_routes() -> String {
+/// The `[routes...]` part of the shipped example config, with the HTTP example's port moved to
+/// `news_port`.
+fn example_routes(news_port: u16) -> String {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.example.toml"))
         .unwrap();
     let start = text.find("[routes.").expect("example has routes");
-    text[start..].to_string()
+    assert!(text.contains("127.0.0.1:9000/news"));
+    text[start..].replace("127.0.0.1:9000", &format!("127.0.0.1:{news_port}"))
 }
 
 async fn next_kind(client: &mut Client, skip_ticks: bool) -> Value {
@@ -51,7 +53,7 @@ async fn the_python_quotes_example_serves_the_example_route() {
         .unwrap();
     assert_eq!(line.as_deref(), Some("quotes_service ready"));
 
-    let gw = Gateway::start(&redis, &example_routes()).await;
+    let gw = Gateway::start(&redis, &example_routes(free_port())).await;
     let mut client = gw.ws("/quotes").await;
     let welcome = next_kind(&mut client, true).await;
     assert_eq!(welcome["kind"], "welcome");
@@ -81,6 +83,61 @@ async fn the_python_quotes_example_serves_the_example_route() {
     client.send("bye").await;
     assert_eq!(next_kind(&mut client, true).await["kind"], "bye");
     // Ticks already queued may arrive before the close; the close itself is normal.
+    loop {
+        match client.recv().await {
+            tokio_tungstenite::tungstenite::Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 1000);
+                break;
+            }
+            tokio_tungstenite::tungstenite::Message::Text(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &service.id().unwrap().to_string()])
+        .status();
+    let status = tokio::time::timeout(WAIT, service.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the example exits cleanly on SIGTERM");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_python_news_example_answers_events_and_polls() {
+    let redis = Redis::start().await;
+    let port = free_port();
+    let mut service = tokio::process::Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/examples/news_service.py"
+        ))
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(service.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, out.next_line())
+        .await
+        .expect("service starts")
+        .unwrap();
+    assert!(line.unwrap().starts_with("news_service ready"));
+
+    // The example's polling_interval is 2 s; keep it, the test awaits what it needs.
+    let gw = Gateway::start(&redis, &example_routes(port)).await;
+    let mut client = gw.ws("/news").await;
+    assert_eq!(next_kind(&mut client, false).await["kind"], "welcome");
+    client.send("tech").await;
+    assert_eq!(next_kind(&mut client, false).await["kind"], "following");
+    // Polls carry the last message ("tech"), and each brings the next headline.
+    let headline = next_kind(&mut client, false).await;
+    assert_eq!(
+        (headline["kind"].as_str(), headline["topic"].as_str()),
+        (Some("headline"), Some("tech"))
+    );
+    client.send("bye").await;
     loop {
         match client.recv().await {
             tokio_tungstenite::tungstenite::Message::Close(Some(f)) => {

@@ -439,7 +439,7 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
         let gw = Gateway::start_unready(
             &redis.url(),
             QUOTES,
-            &format!("[server]\ntrusted_proxies = {trusted}\n"),
+            &format!("trusted_proxies = {trusted}\n"),
         )
         .await;
         gw.wait_ready().await;
@@ -460,7 +460,7 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
 #[tokio::test]
 async fn max_connections_answers_503_before_the_upgrade() {
     let redis = Redis::start().await;
-    let gw = Gateway::start_unready(&redis.url(), QUOTES, "[server]\nmax_connections = 2\n").await;
+    let gw = Gateway::start_unready(&redis.url(), QUOTES, "max_connections = 2\n").await;
     gw.wait_ready().await;
     let mut input = redis.subscribe("input").await;
     let (_a, _) = connect_and_identify(&gw, "/quotes", &mut input).await;

@@ -2,6 +2,8 @@
 //! on port 0, real WebSocket clients, and real Redis subscribers playing the services.
 #![allow(dead_code)]
 
+pub mod http_server;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -205,11 +207,11 @@ impl Gateway {
         gw
     }
 
-    /// Starts without waiting for readiness; `extra` is TOML placed before `[redis]`.
-    pub async fn start_unready(redis_url: &str, routes: &str, extra: &str) -> Self {
+    /// Starts without waiting for readiness; `server` holds extra `[server]` keys.
+    pub async fn start_unready(redis_url: &str, routes: &str, server: &str) -> Self {
         let node_id = format!("test-{}", free_port());
         let text = format!(
-            "node_id = \"{node_id}\"\n{extra}\n[redis]\nurl = \"{redis_url}\"\n\
+            "node_id = \"{node_id}\"\n[server]\nshutdown_grace = \"2s\"\n{server}\n[redis]\nurl = \"{redis_url}\"\n\
              canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n{routes}"
         );
         let settings = refract::Settings::from_toml(&text).expect("valid test config");

@@ -1,0 +1,360 @@
+//! Legacy HTTP services: each event of a connection is POSTed as JSON, the response body's
+//! replies go to that client, and with `polling_interval` every live connection is polled.
+//!
+//! Each (connection, HTTP service) pair has a lane: a small task that POSTs that connection's
+//! events in order and runs its poll timer, so one connection's requests never overtake each
+//! other and a slow service only ever delays its own lanes. A per-service semaphore bounds the
+//! requests in flight; per-URL health backs a failing URL off (capped, exponential).
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::Gateway;
+use crate::backoff::Backoff;
+use crate::config::HttpService;
+use crate::metrics::{HttpResult, LogLimiter};
+use crate::prism::{self, Action, ClientData, EventKind, Peer};
+use crate::registry::Handle;
+
+/// Consecutive failures of one URL before it is backed off.
+const FAILURES_BEFORE_BACKOFF: u32 = 3;
+/// Events waiting in one lane; beyond it an event for that service is counted and dropped.
+const LANE_QUEUE: usize = 256;
+
+/// A configured HTTP service with its runtime state.
+pub struct LegacyService {
+    pub name: String,
+    /// Index into `Metrics::http`.
+    pub metrics: usize,
+    pub config: HttpService,
+    headers: reqwest::header::HeaderMap,
+    in_flight: Semaphore,
+    next_url: AtomicUsize,
+    health: Vec<Mutex<UrlHealth>>,
+    log: LogLimiter,
+}
+
+impl std::fmt::Debug for LegacyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegacyService")
+            .field("name", &self.name)
+            .field("urls", &self.config.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+struct UrlHealth {
+    failures: u32,
+    backoff: Backoff,
+    down_until: Option<Instant>,
+}
+
+impl LegacyService {
+    pub fn new(name: String, metrics: usize, config: HttpService) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &config.headers {
+            // Validated in config.
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(v),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        let health = config
+            .urls
+            .iter()
+            .map(|_| {
+                Mutex::new(UrlHealth {
+                    failures: 0,
+                    backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+                    down_until: None,
+                })
+            })
+            .collect();
+        Self {
+            name,
+            metrics,
+            in_flight: Semaphore::new(config.max_in_flight),
+            headers,
+            next_url: AtomicUsize::new(0),
+            health,
+            log: LogLimiter::new(Duration::from_secs(5)),
+            config,
+        }
+    }
+
+    /// The next URL in round-robin order that is not backing off.
+    fn pick_url(&self) -> Option<usize> {
+        let n = self.config.urls.len();
+        let start = self.next_url.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        (0..n).map(|k| (start + k) % n).find(|&i| {
+            let h = self.health[i].lock().unwrap_or_else(|e| e.into_inner());
+            h.down_until.is_none_or(|t| now >= t)
+        })
+    }
+
+    /// Records the outcome of a request to URL `i`; returns true when it just went down.
+    fn record(&self, i: usize, healthy: bool) -> Option<Duration> {
+        let mut h = self.health[i].lock().unwrap_or_else(|e| e.into_inner());
+        if healthy {
+            h.failures = 0;
+            h.down_until = None;
+            h.backoff.reset();
+            return None;
+        }
+        h.failures += 1;
+        (h.failures >= FAILURES_BEFORE_BACKOFF).then(|| {
+            let delay = h.backoff.next_delay();
+            h.down_until = Some(Instant::now() + delay);
+            delay
+        })
+    }
+
+    /// URLs currently backing off, for the metrics gauge.
+    pub fn urls_down(&self) -> usize {
+        let now = Instant::now();
+        self.health
+            .iter()
+            .filter(|h| {
+                h.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .down_until
+                    .is_some_and(|t| now < t)
+            })
+            .count()
+    }
+}
+
+/// A client frame kept by a lane (events are queued, so they own their data).
+#[derive(Clone, Debug)]
+pub enum Data {
+    Text(String),
+    Binary(Bytes),
+}
+
+impl Data {
+    fn as_client_data(&self) -> ClientData<'_> {
+        match self {
+            Data::Text(t) => ClientData::Text(t),
+            Data::Binary(b) => ClientData::Binary(b),
+        }
+    }
+}
+
+/// Who a lane's requests are about.
+pub struct PeerInfo {
+    pub id: crate::ids::ConnectionId,
+    pub route: Arc<crate::routes::Route>,
+    pub remote_address: String,
+    pub remote_port: u16,
+}
+
+impl PeerInfo {
+    pub fn peer(&self) -> Peer<'_> {
+        Peer {
+            id: self.id.as_str(),
+            route: &self.route.path,
+            remote_address: &self.remote_address,
+            remote_port: self.remote_port,
+        }
+    }
+}
+
+pub struct Job {
+    kind: EventKind,
+    data: Option<Data>,
+}
+
+/// The session's end of one lane.
+pub struct Lane {
+    tx: mpsc::Sender<Job>,
+    service: Arc<LegacyService>,
+}
+
+impl Lane {
+    /// Starts the lane task for `service` on `gw.tasks`.
+    pub fn start(
+        gw: &Arc<Gateway>,
+        service: Arc<LegacyService>,
+        peer: Arc<PeerInfo>,
+        conn: Handle,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(LANE_QUEUE);
+        gw.tasks
+            .spawn(run(gw.clone(), service.clone(), peer, conn, rx));
+        Self { tx, service }
+    }
+
+    /// Queues an event without waiting: a slow service must not slow the client or the other
+    /// services. A full lane drops the event and counts it, except `disconnect`, which is
+    /// handed to a task so the service always hears the end of the connection.
+    pub fn send(&self, gw: &Arc<Gateway>, kind: EventKind, data: Option<Data>) {
+        match self.tx.try_send(Job { kind, data }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) if kind == EventKind::Disconnect => {
+                let tx = self.tx.clone();
+                gw.tasks.spawn(async move {
+                    let _ = tx.send(job).await;
+                });
+            }
+            Err(_) => gw.metrics.http[self.service.metrics].count(HttpResult::QueueFull),
+        }
+    }
+}
+
+async fn run(
+    gw: Arc<Gateway>,
+    service: Arc<LegacyService>,
+    peer: Arc<PeerInfo>,
+    conn: Handle,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let mut last: Option<Data> = None;
+    // Polls start at a random offset in the interval, so a thousand connections that arrived
+    // together are polled spread out rather than in one burst. A tick missed while a request
+    // is in flight is skipped, not made up.
+    let mut poll = service.config.polling_interval.map(|every| {
+        let offset = every.mul_f64(rand::random::<f64>());
+        let mut t = tokio::time::interval_at(Instant::now() + offset, every);
+        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        t
+    });
+    loop {
+        let job = tokio::select! {
+            biased;
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+            _ = async { poll.as_mut().expect("guarded").tick().await }, if poll.is_some() => {
+                gw.metrics.http[service.metrics].polls.fetch_add(1, Relaxed);
+                let text = last.clone().unwrap_or(Data::Text(String::new()));
+                Job { kind: EventKind::Message, data: Some(text) }
+            }
+        };
+        if job.kind == EventKind::Message && job.data.is_some() {
+            last.clone_from(&job.data);
+        }
+        let body = prism::encode_event(
+            &peer.peer(),
+            job.kind,
+            job.data.as_ref().map(Data::as_client_data),
+            None,
+        );
+        let result = post(&gw, &service, Bytes::from(body)).await;
+        let metrics = &gw.metrics.http[service.metrics];
+        match result {
+            Ok(actions) => {
+                metrics.count(HttpResult::Ok);
+                if job.kind != EventKind::Disconnect {
+                    crate::relay::push_actions(&gw, &conn, actions);
+                }
+            }
+            Err(r) => {
+                metrics.count(r);
+                if service.log.allow() {
+                    tracing::warn!(
+                        service = %service.name,
+                        route = %peer.route.path,
+                        result = r.as_str(),
+                        "HTTP service request failed; nothing was sent to the client"
+                    );
+                }
+            }
+        }
+        if job.kind == EventKind::Disconnect {
+            // The connection is gone: no more polls, whatever is still queued.
+            return;
+        }
+    }
+}
+
+/// One POST, bounded by the service's in-flight limit and timeout.
+async fn post(
+    gw: &Gateway,
+    service: &LegacyService,
+    body: Bytes,
+) -> Result<Vec<Action>, HttpResult> {
+    let _permit = service
+        .in_flight
+        .acquire()
+        .await
+        .map_err(|_| HttpResult::BackingOff)?;
+    let Some(i) = service.pick_url() else {
+        return Err(HttpResult::BackingOff);
+    };
+    let outcome = request(gw, service, i, body).await;
+    let healthy = !matches!(
+        outcome,
+        Err(HttpResult::Timeout | HttpResult::ConnectError | HttpResult::ServerError)
+    );
+    if let Some(delay) = service.record(i, healthy) {
+        tracing::warn!(
+            service = %service.name,
+            url = %service.config.urls[i],
+            retry_in = ?delay,
+            "HTTP service URL keeps failing; backing off"
+        );
+    }
+    outcome
+}
+
+async fn request(
+    gw: &Gateway,
+    service: &LegacyService,
+    i: usize,
+    body: Bytes,
+) -> Result<Vec<Action>, HttpResult> {
+    let sent = gw
+        .http_client
+        .post(service.config.urls[i].clone())
+        .headers(service.headers.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .timeout(service.config.timeout)
+        .body(body)
+        .send()
+        .await;
+    let mut response = sent.map_err(|e| {
+        if e.is_timeout() {
+            HttpResult::Timeout
+        } else {
+            HttpResult::ConnectError
+        }
+    })?;
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(HttpResult::ServerError);
+    }
+    if !status.is_success() {
+        return Err(HttpResult::ClientError);
+    }
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(Vec::new());
+    }
+    let limit = gw.settings.redis.max_reply_size;
+    let mut buf = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(HttpResult::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) if e.is_timeout() => return Err(HttpResult::Timeout),
+            Err(_) => return Err(HttpResult::ConnectError),
+        }
+    }
+    prism::decode_http_body(&buf, limit).map_err(|e| match e {
+        prism::ReplyError::TooLarge => HttpResult::TooLarge,
+        _ => HttpResult::InvalidBody,
+    })
+}
