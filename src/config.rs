@@ -62,6 +62,15 @@ pub struct ServerSettings {
     pub max_message_size: usize,
     /// Frames waiting to be written to one client; a client that lets it fill is closed with 1013.
     pub outbound_queue: usize,
+    /// Bytes queued for one client; a client that lets it fill is closed with 1013.
+    pub outbound_queue_bytes: usize,
+    /// How often an idle client is pinged.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is closed with 1001, and
+    /// services get its `disconnect`: this is how a vanished peer is detected.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// How long a write to one client may take before the client is considered stuck.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -78,6 +87,9 @@ impl Default for ServerSettings {
             max_connections: 20_000,
             max_message_size: 64 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -128,6 +140,40 @@ impl Default for RedisSettings {
 pub struct RouteSettings {
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSettings>,
+    /// Live connections on this route (on this node); past it, upgrades get 503.
+    pub max_connections: Option<usize>,
+    /// Largest client message on this route; default `server.max_message_size`.
+    pub max_message_size: Option<usize>,
+    /// Messages per second per connection; absent = unlimited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per connection: `per_second` tokens refill each second, up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    /// Default: one second's worth, at least 1.
+    pub burst: Option<f64>,
+    /// What to do with a message over the limit.
+    #[serde(default)]
+    pub action: RateLimitAction,
+}
+
+impl RateLimit {
+    pub fn burst(&self) -> f64 {
+        self.burst.unwrap_or(self.per_second.max(1.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAction {
+    /// Close the connection with 1008 `rate limit`.
+    #[default]
+    Close,
+    /// Drop the message (counted) and keep the connection.
+    Drop,
 }
 
 /// One backend service of a route. Fields are optional here so that [`Settings::validate`] can
@@ -231,6 +277,15 @@ impl Settings {
         positive("server.max_connections", s.max_connections)?;
         positive("server.max_message_size", s.max_message_size)?;
         positive("server.outbound_queue", s.outbound_queue)?;
+        positive("server.outbound_queue_bytes", s.outbound_queue_bytes)?;
+        nonzero("server.ping_interval", s.ping_interval)?;
+        nonzero("server.idle_timeout", s.idle_timeout)?;
+        if s.idle_timeout <= s.ping_interval {
+            return Err(ConfigError::new(
+                "server.idle_timeout",
+                "must be longer than server.ping_interval, or live clients time out",
+            ));
+        }
         nonzero("server.write_timeout", s.write_timeout)?;
         let r = &self.redis;
         if !r.url.starts_with("redis://") && !r.url.starts_with("unix://") {
@@ -263,6 +318,23 @@ impl Settings {
                     key,
                     "this path is reserved for the gateway itself",
                 ));
+            }
+            if let Some(n) = route.max_connections {
+                positive(&format!("{key}.max_connections"), n)?;
+            }
+            if let Some(n) = route.max_message_size {
+                positive(&format!("{key}.max_message_size"), n)?;
+            }
+            if let Some(r) = route.rate_limit {
+                let ok = r.per_second.is_finite()
+                    && r.per_second > 0.0
+                    && r.burst.is_none_or(|b| b.is_finite() && b >= 1.0);
+                if !ok {
+                    return Err(ConfigError::new(
+                        format!("{key}.rate_limit"),
+                        "per_second must be > 0 and burst >= 1",
+                    ));
+                }
             }
             if route.services.is_empty() {
                 return Err(ConfigError::new(
@@ -548,6 +620,36 @@ mod tests {
         assert!(
             err(&format!("{redis}url = \"http://x/\"\n"))
                 .contains("url applies to type = \"http\" only")
+        );
+    }
+
+    #[test]
+    fn route_limits_are_validated() {
+        let svc = "[routes.\"/q\".services.s]\ntype = \"redis\"\nrequest_channel = \"x\"\n";
+        let s = Settings::from_toml(&format!(
+            "[routes.\"/q\"]\nmax_connections = 5\nrate_limit = {{ per_second = 2.5, action = \"drop\" }}\n{svc}"
+        ))
+        .unwrap();
+        let r = s.routes["/q"].rate_limit.unwrap();
+        assert_eq!(
+            (r.per_second, r.burst(), r.action),
+            (2.5, 2.5, RateLimitAction::Drop)
+        );
+        assert!(
+            err(&format!(
+                "[routes.\"/q\"]\nrate_limit = {{ per_second = 0 }}\n{svc}"
+            ))
+            .contains("routes.\"/q\".rate_limit")
+        );
+        assert!(
+            err(&format!(
+                "[routes.\"/q\"]\nrate_limit = {{ per_second = 1, action = \"explode\" }}\n{svc}"
+            ))
+            .contains("explode")
+        );
+        assert!(
+            err("[server]\nping_interval = \"30s\"\nidle_timeout = \"10s\"\n")
+                .contains("server.idle_timeout")
         );
     }
 

@@ -65,6 +65,18 @@ impl Close {
         why: CloseReason::Shutdown,
     };
 
+    pub const IDLE: Close = Close {
+        code: 1001,
+        reason: "idle timeout",
+        why: CloseReason::IdleTimeout,
+    };
+
+    pub const RATE_LIMIT: Close = Close {
+        code: 1008,
+        reason: "rate limit",
+        why: CloseReason::RateLimited,
+    };
+
     /// The close for a session ended from outside (see [`crate::registry::Control`]).
     pub fn for_kill(why: CloseReason) -> Close {
         let (code, reason) = match why {

@@ -63,13 +63,13 @@ fn respond(
     if !gw.is_ready() || gw.shutdown.is_cancelled() {
         return reject(gw, Rejection::NotReady);
     }
-    let Some(slot) = gw.try_reserve_slot() else {
+    let Some(slot) = gw.try_reserve_slot(&route) else {
         return reject(gw, Rejection::TooManyConnections);
     };
     let server = &gw.settings.server;
     let config = WebSocketConfig::default()
-        .max_message_size(Some(server.max_message_size))
-        .max_frame_size(Some(server.max_message_size))
+        .max_message_size(Some(route.max_message_size))
+        .max_frame_size(Some(route.max_message_size))
         // Small buffers: most connections are idle most of the time.
         .read_buffer_size(4096)
         .write_buffer_size(0);

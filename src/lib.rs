@@ -57,7 +57,7 @@ use crate::ids::NodeId;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::registry::Registry;
-use crate::routes::RouteTable;
+use crate::routes::{Route, RouteTable};
 
 /// Everything the node's tasks share.
 pub struct Gateway {
@@ -97,24 +97,36 @@ impl Gateway {
         }
     }
 
-    /// Takes a connection slot, or `None` at the limit. The slot is freed when dropped.
-    pub fn try_reserve_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let max = self.settings.server.max_connections;
-        self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ConnectionSlot(self.clone()))
+    /// Takes a connection slot on the node and on `route`, or `None` at either limit. The slot
+    /// is freed when dropped.
+    pub fn try_reserve_slot(self: &Arc<Self>, route: &Arc<Route>) -> Option<ConnectionSlot> {
+        if !take(&self.live, self.settings.server.max_connections) {
+            return None;
+        }
+        if !take(&route.live, route.max_connections.unwrap_or(usize::MAX)) {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone(), route.clone()))
     }
 }
 
-/// A reserved place under `server.max_connections`.
-pub struct ConnectionSlot(Arc<Gateway>);
+/// Increments `counter` unless it is at `max`.
+fn take(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+/// A reserved place under `server.max_connections` and the route's `max_connections`.
+pub struct ConnectionSlot(Arc<Gateway>, Arc<Route>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::AcqRel);
+        self.1.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -54,10 +54,13 @@ impl From<crate::prism::ReplyError> for ReplyDrop {
 }
 
 label_enum!(
-    /// Why an event for services was not published.
+    /// Why an event reached no service: Redis was unreachable, the node was shutting down, the
+    /// PUBLISH found no subscriber on the channel, or the client was over its rate limit.
     Loss {
         RedisUnavailable => "redis_unavailable",
         Shutdown => "shutdown",
+        NoSubscriber => "no_subscriber",
+        RateLimited => "rate_limited",
     }
 );
 
@@ -73,6 +76,8 @@ label_enum!(
         InvalidUtf8 => "invalid_utf8",
         ProtocolError => "protocol_error",
         Shutdown => "shutdown",
+        IdleTimeout => "idle_timeout",
+        RateLimited => "rate_limited",
     }
 );
 

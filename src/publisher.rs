@@ -122,9 +122,14 @@ fn count_lost(metrics: &Metrics, tag: Tag, reason: Loss, n: u64) {
     }
 }
 
-fn count_published(metrics: &Metrics, batch: &[Publish]) {
-    for p in batch {
+/// Counts a sent batch; `receivers[i]` is how many subscribers PUBLISH `i` reached. An event
+/// nobody heard is counted as lost, so that published + lost always equals what clients sent.
+fn count_published(metrics: &Metrics, batch: &[Publish], receivers: &[i64]) {
+    for (p, &heard) in batch.iter().zip(receivers) {
         match p.tag {
+            Tag::Event { route, .. } if heard == 0 => {
+                metrics.routes[route].lost(Loss::NoSubscriber, 1);
+            }
             Tag::Event { route, kind } => metrics.routes[route].published(kind, 1),
             Tag::NotConnected => {
                 metrics.notconnected_sent.fetch_add(1, Relaxed);
@@ -162,9 +167,9 @@ async fn worker(
             continue;
         }
         match send(&mut conn, &pool, &batch, timeout).await {
-            Ok(()) => {
+            Ok(receivers) => {
                 metrics.publish_batches.fetch_add(1, Relaxed);
-                count_published(&metrics, &batch);
+                count_published(&metrics, &batch, &receivers);
                 backoff.reset();
                 down_until = None;
             }
@@ -191,10 +196,10 @@ async fn send(
     pool: &Pool,
     batch: &[Publish],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<Vec<i64>, String> {
     let mut pipe = redis::pipe();
     for p in batch {
-        pipe.publish(&*p.channel, p.payload.as_ref()).ignore();
+        pipe.publish(&*p.channel, p.payload.as_ref());
     }
     // A connection kept from before a Redis restart fails on first use without having sent
     // anything; one retry on a fresh connection keeps that from losing the batch. A timeout is
@@ -237,7 +242,7 @@ async fn send_once(
     pool: &Pool,
     pipe: &redis::Pipeline,
     timeout: Duration,
-) -> Result<(), Failure> {
+) -> Result<Vec<i64>, Failure> {
     let c = match conn {
         Some(c) => c,
         None => {
@@ -248,9 +253,9 @@ async fn send_once(
             conn.insert(c)
         }
     };
-    match tokio::time::timeout(timeout, pipe.query_async::<()>(c)).await {
+    match tokio::time::timeout(timeout, pipe.query_async::<Vec<i64>>(c)).await {
         Err(_) => Err(Failure::Other("timed out publishing".into())),
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(receivers)) => Ok(receivers),
         Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
             Err(Failure::Dropped(e.to_string()))
         }

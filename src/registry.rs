@@ -4,7 +4,7 @@
 //! lock; the reader only ever `try_send`s into a connection's bounded queue.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use hyper_tungstenite::tungstenite::Message;
@@ -19,6 +19,8 @@ pub struct Control {
     wake: Notify,
     /// `CloseReason as u8 + 1`; 0 while nobody asked.
     reason: AtomicU8,
+    /// Bytes of frames queued for the client and not yet written.
+    queued_bytes: AtomicUsize,
 }
 
 impl Control {
@@ -28,6 +30,20 @@ impl Control {
             self.reason
                 .compare_exchange(0, reason as u8 + 1, Ordering::AcqRel, Ordering::Acquire);
         self.wake.notify_one();
+    }
+
+    /// Accounts `n` more queued bytes, unless that would pass `limit`.
+    pub fn reserve(&self, n: usize, limit: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + n <= limit).then_some(q + n)
+            })
+            .is_ok()
+    }
+
+    /// Accounts `n` queued bytes as written (or discarded).
+    pub fn release(&self, n: usize) {
+        self.queued_bytes.fetch_sub(n, Ordering::AcqRel);
     }
 
     pub async fn killed(&self) -> CloseReason {

@@ -71,7 +71,14 @@ fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
             }))),
         ],
     };
+    let limit = gw.settings.server.outbound_queue_bytes;
     for message in frames.into_iter().flatten() {
+        let size = message.len();
+        if !conn.control.reserve(size, limit) {
+            gw.metrics.reply_dropped(ReplyDrop::SlowClient);
+            conn.control.kill(CloseReason::SlowClient);
+            return false;
+        }
         match conn.outbound.try_send(message) {
             Ok(()) => {
                 gw.metrics.routes[conn.route]
@@ -79,11 +86,13 @@ fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(TrySendError::Full(_)) => {
+                conn.control.release(size);
                 gw.metrics.reply_dropped(ReplyDrop::SlowClient);
                 conn.control.kill(CloseReason::SlowClient);
                 return false;
             }
             Err(TrySendError::Closed(_)) => {
+                conn.control.release(size);
                 gw.metrics.reply_dropped(ReplyDrop::UnknownConnection);
                 return false;
             }

@@ -3,7 +3,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::config::{Service, Settings};
+use std::sync::atomic::AtomicUsize;
+
+use crate::config::{RateLimit, Service, Settings};
 use crate::legacy::LegacyService;
 
 /// A configured route, ready for the hot path.
@@ -18,6 +20,11 @@ pub struct Route {
     pub channels: Vec<Arc<str>>,
     /// Legacy HTTP services, each POSTed every event.
     pub http: Vec<Arc<LegacyService>>,
+    pub max_connections: Option<usize>,
+    pub max_message_size: usize,
+    pub rate_limit: Option<RateLimit>,
+    /// Connection slots in use on this route.
+    pub live: AtomicUsize,
 }
 
 impl Route {
@@ -59,6 +66,12 @@ impl RouteTable {
                 services: route.services.keys().cloned().collect(),
                 channels: channels.into_iter().map(Arc::from).collect(),
                 http,
+                max_connections: route.max_connections,
+                max_message_size: route
+                    .max_message_size
+                    .unwrap_or(settings.server.max_message_size),
+                rate_limit: route.rate_limit,
+                live: AtomicUsize::new(0),
             });
             table.by_path.insert(path.clone(), route.clone());
             table.list.push(route);

@@ -15,12 +15,14 @@ use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::config::{RateLimit, RateLimitAction};
 use crate::error::{Close, close_for_read_error};
 use crate::ids::ConnectionId;
 use crate::legacy::{Data, Lane, PeerInfo};
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, Loss};
 use crate::prism::{self, ClientData, EventKind};
 use crate::publisher::{Publish, Tag};
 use crate::registry::{Control, Handle};
@@ -129,7 +131,13 @@ impl Session {
     /// Moves frames both ways until the connection ends; returns why it ended.
     async fn pump(&self, ws: HyperWebsocketStream, mut rx: mpsc::Receiver<Message>) -> CloseReason {
         let (mut sink, mut stream) = ws.split();
-        let write_timeout = self.gw.settings.server.write_timeout;
+        let server = &self.gw.settings.server;
+        let write_timeout = server.write_timeout;
+        let mut bucket = self.peer.route.rate_limit.map(TokenBucket::new);
+        let mut last_seen = Instant::now();
+        let mut keepalive =
+            tokio::time::interval_at(Instant::now() + server.ping_interval, server.ping_interval);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -141,7 +149,10 @@ impl Session {
                 }
                 Some(first) = rx.recv() => {
                     let written = tokio::select! {
-                        r = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut rx, first)) => r,
+                        r = tokio::time::timeout(
+                            write_timeout,
+                            write_batch(&mut sink, &mut rx, first, &self.control),
+                        ) => r,
                         // A stuck write cannot carry a close frame; just let the socket go.
                         why = self.control.killed() => return why,
                     };
@@ -156,32 +167,59 @@ impl Session {
                         Err(_) => return CloseReason::WriteTimeout,
                     }
                 }
-                frame = stream.next() => match frame {
-                    Some(Ok(Message::Text(text))) => {
-                        self.publish(EventKind::Message, Some(ClientData::Text(text.as_str()))).await;
+                _ = keepalive.tick() => {
+                    if last_seen.elapsed() >= server.idle_timeout {
+                        return close(&mut sink, &mut stream, Close::IDLE).await;
                     }
-                    Some(Ok(Message::Binary(data))) => {
-                        self.publish(EventKind::Message, Some(ClientData::Binary(&data))).await;
+                    let ping = sink.send(Message::Ping(Bytes::new()));
+                    match tokio::time::timeout(write_timeout, ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return CloseReason::ConnectionLost,
+                        Err(_) => return CloseReason::WriteTimeout,
                     }
-                    Some(Ok(Message::Close(_))) => {
-                        // tungstenite queued the close reply; flushing sends it.
-                        let _ = tokio::time::timeout(CLOSE_LINGER, sink.flush()).await;
-                        return CloseReason::ClientClosed;
-                    }
-                    // Pings are answered by tungstenite on the next write or flush.
-                    Some(Ok(Message::Ping(_))) => {
-                        let _ = sink.flush().await;
-                    }
-                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Err(e)) => {
-                        let (reply, why) = close_for_read_error(&e);
-                        if let Some(reply) = reply {
-                            close(&mut sink, &mut stream, reply).await;
+                }
+                frame = stream.next() => {
+                    last_seen = Instant::now();
+                    let data = match &frame {
+                        Some(Ok(Message::Text(text))) => Some(ClientData::Text(text.as_str())),
+                        Some(Ok(Message::Binary(data))) => Some(ClientData::Binary(data)),
+                        _ => None,
+                    };
+                    if let Some(data) = data {
+                        match bucket.as_mut().map_or(Ok(()), |b| b.take(Instant::now())) {
+                            Ok(()) => self.publish(EventKind::Message, Some(data)).await,
+                            Err(RateLimitAction::Drop) => {
+                                let per_event = self.peer.route.channels.len().max(1) as u64;
+                                self.gw.metrics.routes[self.peer.route.index]
+                                    .lost(Loss::RateLimited, per_event);
+                            }
+                            Err(RateLimitAction::Close) => {
+                                return close(&mut sink, &mut stream, Close::RATE_LIMIT).await;
+                            }
                         }
-                        return why;
+                        continue;
                     }
-                    None => return CloseReason::ConnectionLost,
-                },
+                    match frame {
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite queued the close reply; flushing sends it.
+                            let _ = tokio::time::timeout(CLOSE_LINGER, sink.flush()).await;
+                            return CloseReason::ClientClosed;
+                        }
+                        // Pings are answered by tungstenite on the next write or flush.
+                        Some(Ok(Message::Ping(_))) => {
+                            let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            let (reply, why) = close_for_read_error(&e);
+                            if let Some(reply) = reply {
+                                close(&mut sink, &mut stream, reply).await;
+                            }
+                            return why;
+                        }
+                        None => return CloseReason::ConnectionLost,
+                    }
+                }
             }
         }
     }
@@ -226,18 +264,53 @@ async fn write_batch(
     sink: &mut Sink,
     rx: &mut mpsc::Receiver<Message>,
     first: Message,
+    control: &Control,
 ) -> Result<bool, hyper_tungstenite::tungstenite::Error> {
-    let mut closing = matches!(first, Message::Close(_));
-    sink.feed(first).await?;
-    let mut n = 1;
-    while !closing && n < WRITE_BATCH {
-        let Ok(next) = rx.try_recv() else { break };
-        closing = matches!(next, Message::Close(_));
-        sink.feed(next).await?;
+    let mut next = Some(first);
+    let mut closing = false;
+    let mut n = 0;
+    while let Some(message) = next.take() {
+        closing = matches!(message, Message::Close(_));
+        // Leaving the queue: no longer counted against the client's byte limit.
+        control.release(message.len());
+        sink.feed(message).await?;
         n += 1;
+        if !closing && n < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
     }
     sink.flush().await?;
     Ok(closing)
+}
+
+/// A per-connection token bucket: `per_second` tokens a second, at most `burst` saved up.
+struct TokenBucket {
+    limit: RateLimit,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            tokens: limit.burst(),
+            limit,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token, or says what the route does with a message over the limit.
+    fn take(&mut self, now: Instant) -> Result<(), RateLimitAction> {
+        let refill = now.duration_since(self.at).as_secs_f64() * self.limit.per_second;
+        self.tokens = (self.tokens + refill).min(self.limit.burst());
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(self.limit.action)
+        }
+    }
 }
 
 /// Sends a close frame (bounded in time) and waits briefly for the client's answer, so the
@@ -259,4 +332,36 @@ async fn linger(stream: &mut Stream) {
         while let Some(Ok(_)) = stream.next().await {}
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_a_burst_then_the_rate() {
+        let limit = RateLimit {
+            per_second: 2.0,
+            burst: Some(3.0),
+            action: RateLimitAction::Close,
+        };
+        let mut b = TokenBucket::new(limit);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(b.take(t0), Ok(()));
+        }
+        assert_eq!(b.take(t0), Err(RateLimitAction::Close));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            b.take(Instant::now()),
+            Ok(()),
+            "one token after half a second at 2/s"
+        );
+        assert_eq!(b.take(Instant::now()), Err(RateLimitAction::Close));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..3 {
+            assert_eq!(b.take(Instant::now()), Ok(()));
+        }
+        assert!(b.take(Instant::now()).is_err(), "never more than the burst");
+    }
 }
