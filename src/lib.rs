@@ -90,6 +90,7 @@ impl Gateway {
                 .ready
                 .store(i64::from(ready), Ordering::Relaxed);
             if ready {
+                self.publisher.redis_recovered();
                 tracing::info!("ready: response channel subscribed and canary received");
             } else {
                 tracing::warn!("not ready: data plane through Redis is not working");

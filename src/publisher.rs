@@ -9,6 +9,7 @@
 //! (`redis_unavailable`) until the capped backoff lets the next attempt through.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub struct Publisher {
     shards: Arc<[mpsc::Sender<Publish>]>,
     pool: Pool,
     metrics: Arc<Metrics>,
+    /// Bumped when Redis is proven reachable again; a shard backing off gives up its backoff
+    /// when this changes, so events right after a recovery are not dropped.
+    recoveries: Arc<AtomicU64>,
 }
 
 /// Largest pipeline one shard sends at once.
@@ -62,6 +66,7 @@ impl Publisher {
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| crate::error::Error::Redis(e.to_string()))?;
         let log = Arc::new(LogLimiter::new(Duration::from_secs(5)));
+        let recoveries = Arc::new(AtomicU64::new(0));
         let shards = (0..settings.publishers)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(settings.publish_queue);
@@ -72,6 +77,7 @@ impl Publisher {
                     settings.command_timeout,
                     drain.clone(),
                     log.clone(),
+                    recoveries.clone(),
                 ));
                 tx
             })
@@ -80,7 +86,13 @@ impl Publisher {
             shards,
             pool,
             metrics,
+            recoveries,
         })
+    }
+
+    /// Tells the shards that Redis works again (the canary came back).
+    pub fn redis_recovered(&self) {
+        self.recoveries.fetch_add(1, Relaxed);
     }
 
     /// The pool, for one-off commands (the readiness canary).
@@ -145,10 +157,12 @@ async fn worker(
     timeout: Duration,
     drain: CancellationToken,
     log: Arc<LogLimiter>,
+    recoveries: Arc<AtomicU64>,
 ) {
     let mut conn: Option<deadpool_redis::Connection> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut down_until: Option<Instant> = None;
+    // While backing off: until when, and the recovery count when the backoff began.
+    let mut down_until: Option<(Instant, u64)> = None;
     let mut batch = Vec::with_capacity(BATCH);
     let mut draining = false;
     loop {
@@ -162,7 +176,9 @@ async fn worker(
             }
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
         }
-        if down_until.is_some_and(|t| Instant::now() < t) {
+        if down_until
+            .is_some_and(|(t, epoch)| Instant::now() < t && recoveries.load(Relaxed) == epoch)
+        {
             lose_batch(&metrics, &batch);
             continue;
         }
@@ -176,7 +192,10 @@ async fn worker(
             Err(e) => {
                 discard(&mut conn);
                 lose_batch(&metrics, &batch);
-                down_until = Some(Instant::now() + backoff.next_delay());
+                down_until = Some((
+                    Instant::now() + backoff.next_delay(),
+                    recoveries.load(Relaxed),
+                ));
                 if log.allow() {
                     tracing::warn!(error = %e, lost = batch.len(), "publishing to Redis failed");
                 }

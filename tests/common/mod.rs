@@ -169,6 +169,16 @@ impl Subscriber {
         }
     }
 
+    /// The next event of `kind` for connection `id`, skipping everything else.
+    pub async fn next_event(&mut self, id: &str, kind: &str) -> Value {
+        loop {
+            let v = self.next_for(id).await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
     /// Nothing else arrived (checked without waiting).
     pub fn try_next(&mut self) -> Option<Vec<u8>> {
         self.rx.try_recv().ok()
@@ -380,4 +390,179 @@ pub async fn connect_and_identify(
 pub fn reply(id: &str, service: &str, message: &str) -> String {
     serde_json::json!({"id": id, "type": "message", "service": service, "message": message})
         .to_string()
+}
+
+/// A gateway as a separate process (the real binary), for signals and memory.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts `refract --config` with `server` keys, Redis at `redis_url`, and `routes`; waits
+    /// until `/readyz` is 200. `node_id` None lets the node generate its id.
+    pub async fn start(redis_url: &str, node_id: Option<&str>, server: &str, routes: &str) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refract.toml");
+        let id_line = node_id
+            .map(|id| format!("node_id = \"{id}\"\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &path,
+            format!(
+                "{id_line}[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[redis]\nurl = \"{redis_url}\"\n\
+                 canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n{routes}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_refract"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("REFRACT_NODE_ID")
+            .env("REFRACT_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = Self {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child,
+            _dir: dir,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    pub async fn wait_ready(&self) {
+        let addr = self.addr;
+        eventually("node /readyz to be 200", || async move {
+            TcpStream::connect(addr).await.ok()?;
+            (http_request(
+                addr,
+                "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .0 == 200)
+                .then_some(())
+        })
+        .await;
+    }
+
+    pub async fn metric(&self, line_prefix: &str) -> u64 {
+        let (_, body) = http_request(
+            self.addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {line_prefix} not found"))
+    }
+
+    pub async fn ws(&self, path: &str) -> Client {
+        Client::connect(&format!("ws://{}{path}", self.addr)).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "node did not exit in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A subscriber that resubscribes whenever its connection drops, as a real service would;
+/// for tests that restart Redis under it.
+pub struct ResilientSubscriber {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    /// Incremented each time the subscription is (re)established.
+    pub subscribed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResilientSubscriber {
+    pub fn start(url: String, channel: &str) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = subscribed.clone();
+        let channel = channel.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let attempt = async {
+                    let client = redis::Client::open(url.as_str()).ok()?;
+                    let mut pubsub = client.get_async_pubsub().await.ok()?;
+                    pubsub.subscribe(&channel).await.ok()?;
+                    Some(pubsub.into_on_message())
+                };
+                let Some(mut stream) = attempt.await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                while let Some(msg) = stream.next().await {
+                    if tx.send(msg.get_payload_bytes().to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            rx,
+            subscribed,
+            task,
+        }
+    }
+
+    pub fn try_next(&mut self) -> Option<Vec<u8>> {
+        self.rx.try_recv().ok()
+    }
+
+    pub async fn wait_subscribed(&self, times: u64) {
+        eventually("the service to (re)subscribe", || async {
+            (self.subscribed.load(std::sync::atomic::Ordering::SeqCst) >= times).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for ResilientSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
