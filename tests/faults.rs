@@ -108,6 +108,34 @@ async fn a_killed_subscription_is_noticed_and_resubscribed() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_subscription_that_delivers_nothing_is_caught_by_the_canary() {
+    let redis = Redis::start().await;
+    let proxy = FreezingProxy::start(redis.port).await;
+    let gw = Gateway::start_unready(&proxy.url(), QUOTES, "").await;
+    gw.wait_ready().await;
+    let mut input = redis.subscribe("input").await;
+    let (mut client, id) = connect_and_identify(&gw, "/quotes", &mut input).await;
+
+    // The node's connections stay open, but Redis's words no longer reach it.
+    proxy.freeze_current();
+    eventually("the canary to fail and the node to resubscribe", || async {
+        let failures = gw.metric("refract_canary_failures_total").await;
+        let connects = gw.metric("refract_redis_subscriber_connects_total").await;
+        (failures >= 1 && connects >= 2).then_some(())
+    })
+    .await;
+    gw.wait_ready().await;
+    redis
+        .publish(
+            &gw.response_channel(),
+            reply(&id, "quoteservice", "through the new one"),
+        )
+        .await;
+    assert_eq!(client.recv_text().await, "through the new one");
+    gw.stop().await;
+}
+
 /// Connects to a node and learns the client's id from its connect event.
 async fn node_client(node: &Node, input: &mut Subscriber) -> (Client, String) {
     let client = node.ws("/quotes").await;

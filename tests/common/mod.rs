@@ -566,3 +566,68 @@ impl Drop for ResilientSubscriber {
         self.task.abort();
     }
 }
+
+/// A real TCP proxy in front of Redis that can freeze its current connections: they stay open,
+/// but nothing Redis sends reaches the client any more. New connections are unaffected. This is
+/// the "subscription that looks connected but delivers nothing" of a bad failover.
+pub struct FreezingProxy {
+    pub port: u16,
+    frozen: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = frozen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                    continue;
+                };
+                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                registry.lock().unwrap().push(flag.clone());
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // Frozen: swallow what Redis says, keep the socket open.
+                        if !flag.load(std::sync::atomic::Ordering::SeqCst)
+                            && cw.write_all(&buf[..n]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes every connection open now.
+    pub fn freeze_current(&self) {
+        for flag in self.frozen.lock().unwrap().iter() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
