@@ -189,8 +189,31 @@ struct RawReply<'a> {
     reason: Option<Cow<'a, str>>,
     #[serde(rename = "responseChannel", borrow, default)]
     response_channel: Option<Cow<'a, str>>,
-    #[serde(default)]
-    seq: Option<u64>,
+    /// Read only for canaries: on a reply it is the service's own business.
+    #[serde(borrow, default)]
+    seq: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Parses one reply object. Anything else that is valid JSON is a wrong type, never read field
+/// by field (serde would accept an array positionally).
+fn parse_object(bytes: &[u8]) -> Result<RawReply<'_>, ReplyError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ReplyError::WrongType,
+                Err(_) => ReplyError::InvalidJson,
+            },
+        );
+    }
+    serde_json::from_slice(bytes).map_err(classify)
+}
+
+fn classify(e: serde_json::Error) -> ReplyError {
+    match e.classify() {
+        serde_json::error::Category::Data => ReplyError::WrongType,
+        _ => ReplyError::InvalidJson,
+    }
 }
 
 /// Close codes a server may put in a close frame (RFC 6455 7.4, and the 3000-4999 range).
@@ -215,15 +238,14 @@ pub fn decode_inbound(bytes: &[u8], max_size: usize) -> Result<Inbound, ReplyErr
     if bytes.len() > max_size {
         return Err(ReplyError::TooLarge);
     }
-    let raw: RawReply<'_> = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ReplyError::WrongType,
-        _ => ReplyError::InvalidJson,
-    })?;
+    let raw = parse_object(bytes)?;
     if raw.kind.as_deref() == Some(CANARY_TYPE) {
-        return raw
-            .seq
+        let seq = raw.seq.ok_or(ReplyError::MissingField("seq"))?;
+        return seq
+            .get()
+            .parse()
             .map(Inbound::Canary)
-            .ok_or(ReplyError::MissingField("seq"));
+            .map_err(|_| ReplyError::WrongType);
     }
     let id = raw.id.as_deref().ok_or(ReplyError::MissingField("id"))?;
     let service = raw
@@ -282,16 +304,16 @@ pub fn decode_http_body(bytes: &[u8], max_size: usize) -> Result<Vec<Action>, Re
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    let classify = |e: serde_json::Error| match e.classify() {
-        serde_json::error::Category::Data => ReplyError::WrongType,
-        _ => ReplyError::InvalidJson,
-    };
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    let raws: Vec<RawReply<'_>> = if first == Some(&b'[') {
-        serde_json::from_slice(bytes).map_err(classify)?
-    } else {
-        vec![serde_json::from_slice(bytes).map_err(classify)?]
-    };
+    if first != Some(&b'[') {
+        return Ok(vec![action(&parse_object(bytes)?)?]);
+    }
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(bytes).map_err(classify)?;
+    let raws = items
+        .iter()
+        .map(|item| parse_object(item.get().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
     raws.iter().map(action).collect()
 }
 

@@ -112,7 +112,7 @@ mod model {
         code: Option<u16>,
         reason: Option<&'a str>,
         response_channel: Option<&'a str>,
-        seq: Option<u64>,
+        seq: Option<&'a Value>,
     }
 
     fn string<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ReplyError> {
@@ -151,9 +151,8 @@ mod model {
                 code: unsigned(obj, "code", u16::MAX.into())?.map(|c| c as u16),
                 reason: string(obj, "reason")?,
                 response_channel: string(obj, "responseChannel")?,
-                // Type-checked on every reply: what the code does today, though the docs say
-                // unknown fields are ignored. See the ignored case `corpus::inbound::seq_on_reply`.
-                seq: unsigned(obj, "seq", u64::MAX)?,
+                // Only a canary reads `seq` (see `inbound`); on a reply it is the service's own.
+                seq: obj.get("seq"),
             })
         }
 
@@ -194,10 +193,10 @@ mod model {
     pub fn inbound(obj: &Map<String, Value>) -> Result<Inbound, ReplyError> {
         let f = Fields::typed(obj)?;
         if f.kind == Some("refract.canary") {
-            return f
-                .seq
-                .map(Inbound::Canary)
-                .ok_or(ReplyError::MissingField("seq"));
+            return match f.seq {
+                None | Some(Value::Null) => Err(ReplyError::MissingField("seq")),
+                Some(v) => v.as_u64().map(Inbound::Canary).ok_or(ReplyError::WrongType),
+            };
         }
         let id = f.id.ok_or(ReplyError::MissingField("id"))?;
         let service = f.service.ok_or(ReplyError::MissingField("service"))?;
@@ -224,7 +223,6 @@ mod model {
                     Ok(f) => typed.push(f),
                     Err(e) => return Some(Err(e)),
                 },
-                Value::Array(_) => return None,
                 _ => return Some(Err(ReplyError::WrongType)),
             }
         }
@@ -587,8 +585,6 @@ proptest! {
         let got = decode_inbound(&bytes, MAX);
         match &v {
             Value::Object(obj) => prop_assert_eq!(got, model::inbound(obj)),
-            // Arrays decode positionally: see `corpus::inbound::array_positional_reply`.
-            Value::Array(_) => {}
             _ => prop_assert_eq!(got, Err(ReplyError::WrongType)),
         }
         let got = decode_http_body(&bytes, MAX);
@@ -747,19 +743,21 @@ fn deep_nesting_is_refused_or_skipped_without_recursion() {
     let reply_with = |x: &str| format!(r#"{{"id":"a","service":"q","message":"m","x":{x}}}"#);
     let open = "[".repeat(DEPTH);
 
-    // A reply, or a field, that opens 100k arrays is the wrong type at the first `[`.
+    // A reply that is 100k nested arrays is valid JSON of the wrong shape, skipped without
+    // recursion; left unclosed, it is not JSON at all.
     assert_eq!(
         decode_inbound(arrays().as_bytes(), usize::MAX),
         Err(ReplyError::WrongType)
     );
     assert_eq!(
         decode_inbound(open.as_bytes(), usize::MAX),
-        Err(ReplyError::WrongType)
+        Err(ReplyError::InvalidJson)
     );
     assert_eq!(
         decode_http_body(arrays().as_bytes(), usize::MAX),
         Err(ReplyError::WrongType)
     );
+    // A known field that opens them is the wrong type at its first `[`.
     let in_message = format!(r#"{{"id":"a","service":"q","message":{}}}"#, arrays());
     assert_eq!(
         decode_inbound(in_message.as_bytes(), usize::MAX),
@@ -891,7 +889,7 @@ mod corpus {
             code_0 => Err(InvalidCloseCode);
             code_ignored_on_message => send("m");
             // Canary sequence numbers.
-            seq_1e400 => Err(InvalidJson);
+            seq_1e400 => Err(WrongType);
             seq_huge_integer => Err(WrongType);
             seq_u64_max => Ok(Inbound::Canary(u64::MAX));
             seq_u64_max_plus_one => Err(WrongType);
@@ -958,19 +956,12 @@ mod corpus {
             unknown_fields => send("m");
             nested_unknown_field => send("m");
             deep_unknown_field => send("m");
-            // Arrays are not replies ("wrong_type ... or not an object"), but serde's derived
-            // `Deserialize` reads a struct from a sequence too, field by field in declaration
-            // order. Today: `Ok(Reply { id: "a", service: "q", Send(Text("hi")) })`,
-            // `Ok(Canary(5))` and `Err(MissingField("id"))`.
-            #[ignore = "bug: a JSON array decodes positionally as a reply"]
+            // Arrays are not replies, even though serde's derived `Deserialize` would read a
+            // struct from a sequence field by field.
             array_positional_reply => Err(WrongType);
-            #[ignore = "bug: a JSON array decodes positionally as a canary"]
             array_positional_canary => Err(WrongType);
-            #[ignore = "bug: `[]` decodes as a reply with every field absent"]
             array_empty => Err(WrongType);
-            // Unknown fields are ignored, so services may add their own; but `seq`, which only
-            // canaries use, is type-checked on every reply. Today: `Err(WrongType)`.
-            #[ignore = "bug: a service's own `seq` field drops its reply"]
+            // `seq` is a canary field; on a reply it is the service's own, and ignored.
             seq_on_reply => send("m");
         }
     }
@@ -1007,9 +998,7 @@ mod corpus {
                 Action::Send(text("three")),
                 Action::Close { last: Some(text("bye")), code: 4001, reason: "done".into() },
             ]);
-            // As for Redis replies, an item that is an array decodes positionally. Today:
-            // `Ok([Send(Text("hi"))])`.
-            #[ignore = "bug: an array item that is an array decodes positionally"]
+            // As for Redis replies, an item that is an array is not a reply.
             nested_array_item => Err(WrongType);
         }
     }

@@ -284,8 +284,8 @@ async fn bad_replies_are_counted_and_a_good_one_still_arrives() {
     // Redis delivers in publish order, so the first frame the client sees is the good one.
     assert_eq!(client.recv_text().await, "good");
     for (reason, n) in [
-        // A JSON array is read as a (wrong) struct sequence, so `[1,2,3]` and the deeply nested
-        // array are wrong types; text and bad UTF-8 are not JSON at all.
+        // Text and bad UTF-8 are not JSON; `[1,2,3]`, the deeply nested array and an `id`
+        // that is a number are JSON of the wrong shape.
         ("invalid_json", 2),
         ("wrong_type", 3),
         ("missing_field", 1),
