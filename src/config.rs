@@ -56,6 +56,9 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Peers whose `X-Forwarded-For` is believed. Empty: the TCP peer is always the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// Admission defaults for every route; a route may set its own.
+    #[serde(flatten)]
+    pub admission: AdmissionSettings,
     /// Live WebSocket connections on this node; upgrades past it get 503.
     pub max_connections: usize,
     /// Largest client message (after reassembly of fragments); larger closes with 1009.
@@ -84,6 +87,7 @@ impl Default for ServerSettings {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             trusted_proxies: Vec::new(),
+            admission: AdmissionSettings::default(),
             max_connections: 20_000,
             max_message_size: 64 * 1024,
             outbound_queue: 1024,
@@ -146,6 +150,90 @@ pub struct RouteSettings {
     pub max_message_size: Option<usize>,
     /// Messages per second per connection; absent = unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// Overrides of the `[server]` admission defaults, key by key.
+    #[serde(flatten)]
+    pub admission: AdmissionSettings,
+    /// Who may connect: a JWT, an HTTP hook, or both.
+    pub auth: Option<AuthSettings>,
+}
+
+/// Checks made before the upgrade, from the request alone. In `[server]` they are defaults; in
+/// a route they override the default they name.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AdmissionSettings {
+    /// `Origin` values allowed: exact (`https://app.example.com`) or a host suffix pattern
+    /// (`*.example.com`, any scheme; `https://*.example.com`). Absent = any. A request without
+    /// `Origin` (not a browser) is not checked.
+    pub allowed_origins: Option<Vec<String>>,
+    /// If set, only these client addresses may connect.
+    pub allow_ips: Option<Vec<IpNet>>,
+    /// These client addresses may not connect (checked before `allow_ips`).
+    pub deny_ips: Option<Vec<IpNet>>,
+    /// Connections from one client address on this node; past it, 429.
+    pub max_connections_per_ip: Option<usize>,
+}
+
+impl AdmissionSettings {
+    /// `self` where set, else `defaults`.
+    pub fn or(&self, defaults: &AdmissionSettings) -> AdmissionSettings {
+        AdmissionSettings {
+            allowed_origins: self
+                .allowed_origins
+                .clone()
+                .or_else(|| defaults.allowed_origins.clone()),
+            allow_ips: self
+                .allow_ips
+                .clone()
+                .or_else(|| defaults.allow_ips.clone()),
+            deny_ips: self.deny_ips.clone().or_else(|| defaults.deny_ips.clone()),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(defaults.max_connections_per_ip),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub jwt: Option<crate::auth::JwtSettings>,
+    /// Query parameter that may carry the token (default `token`).
+    pub token_query_param: Option<String>,
+    pub connect_hook: Option<HookSettings>,
+}
+
+impl AuthSettings {
+    pub fn token_query_param(&self) -> &str {
+        self.token_query_param.as_deref().unwrap_or("token")
+    }
+}
+
+/// An HTTP endpoint asked, before the upgrade, whether a client may connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSettings {
+    pub url: String,
+    #[serde(default = "HookSettings::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "HookSettings::default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Request headers passed on to the hook (lower case).
+    #[serde(default = "HookSettings::default_headers")]
+    pub forward_headers: Vec<String>,
+}
+
+impl HookSettings {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    fn default_max_in_flight() -> usize {
+        64
+    }
+    fn default_headers() -> Vec<String> {
+        ["authorization", "cookie", "origin", "user-agent"]
+            .map(String::from)
+            .to_vec()
+    }
 }
 
 /// A token bucket per connection: `per_second` tokens refill each second, up to `burst`.
@@ -287,6 +375,9 @@ impl Settings {
             ));
         }
         nonzero("server.write_timeout", s.write_timeout)?;
+        if let Some(n) = s.admission.max_connections_per_ip {
+            positive("server.max_connections_per_ip", n)?;
+        }
         let r = &self.redis;
         if !r.url.starts_with("redis://") && !r.url.starts_with("unix://") {
             return Err(ConfigError::new(
@@ -334,6 +425,30 @@ impl Settings {
                         format!("{key}.rate_limit"),
                         "per_second must be > 0 and burst >= 1",
                     ));
+                }
+            }
+            if let Some(n) = route.admission.max_connections_per_ip {
+                positive(&format!("{key}.max_connections_per_ip"), n)?;
+            }
+            if let Some(auth) = &route.auth {
+                let akey = format!("{key}.auth");
+                if auth.jwt.is_none() && auth.connect_hook.is_none() {
+                    return Err(ConfigError::new(akey, "needs jwt, connect_hook, or both"));
+                }
+                if let Some(jwt) = &auth.jwt {
+                    jwt.verifier()
+                        .map_err(|e| ConfigError::new(format!("{akey}.jwt"), e.0))?;
+                }
+                if let Some(hook) = &auth.connect_hook {
+                    let hkey = format!("{akey}.connect_hook");
+                    match reqwest::Url::parse(&hook.url) {
+                        Ok(u) if u.scheme() == "http" => {}
+                        _ => {
+                            return Err(ConfigError::new(hkey, "url must be an http:// URL"));
+                        }
+                    }
+                    nonzero(&format!("{hkey}.timeout"), hook.timeout)?;
+                    positive(&format!("{hkey}.max_in_flight"), hook.max_in_flight)?;
                 }
             }
             if route.services.is_empty() {
@@ -659,6 +774,12 @@ mod tests {
         assert!(e.contains("lisen"), "{e}");
         let e = err("[routes.\"/q\".services.s]\ntype = \"redis\"\nrequest_chanel = \"x\"\n");
         assert!(e.contains("request_chanel"), "{e}");
+        let e = err(
+            "[routes.\"/q\"]\nmax_conections = 3\n[routes.\"/q\".services.s]\ntype = \"redis\"\nrequest_channel = \"x\"\n",
+        );
+        assert!(e.contains("max_conections"), "{e}");
+        let e = err("[server]\nallowed_origin = [\"x\"]\n");
+        assert!(e.contains("allowed_origin"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,19 @@ pub fn rejection_response(rejection: Rejection) -> Response<Full<Bytes>> {
     response
 }
 
+/// The HTTP answer to a client refused by a route's admission rules: the status chosen by the
+/// rule and a short JSON body naming the reason, nothing more.
+pub fn denied_response(denied: crate::admission::Denied) -> Response<Full<Bytes>> {
+    let body = format!("{{\"error\":\"{}\"}}\n", denied.reason.as_str());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = denied.status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    response
+}
+
 /// A close the gateway sends: code, reason text, and how it is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Close {
@@ -69,6 +82,12 @@ impl Close {
         code: 1001,
         reason: "idle timeout",
         why: CloseReason::IdleTimeout,
+    };
+
+    pub const TOKEN_EXPIRED: Close = Close {
+        code: 4001,
+        reason: "token expired",
+        why: CloseReason::TokenExpired,
     };
 
     pub const RATE_LIMIT: Close = Close {

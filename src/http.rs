@@ -11,20 +11,22 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::Gateway;
-use crate::error::rejection_response;
-use crate::metrics::Rejection;
+use crate::admission::Denied;
+use crate::error::{denied_response, rejection_response};
+use crate::metrics::{Denial, Rejection};
+use crate::routes::Route;
 use crate::session::{self, Admitted};
+use crate::{Gateway, SlotLimit};
 
 pub async fn handle(
     gw: Arc<Gateway>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(respond(&gw, peer, req))
+    Ok(respond(&gw, peer, req).await)
 }
 
-fn respond(
+async fn respond(
     gw: &Arc<Gateway>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
@@ -63,29 +65,63 @@ fn respond(
     if !gw.is_ready() || gw.shutdown.is_cancelled() {
         return reject(gw, Rejection::NotReady);
     }
-    let Some(slot) = gw.try_reserve_slot(&route) else {
-        return reject(gw, Rejection::TooManyConnections);
-    };
     let server = &gw.settings.server;
+    let ip = crate::net::client_ip(peer, req.headers(), &server.trusted_proxies);
+    // Cheap checks first, then the connection limits, then token and hook.
+    if let Err(denied) = route.gate.check_request(ip, req.headers()) {
+        return deny(gw, &route, denied);
+    }
+    let slot = match gw.try_reserve_slot(&route, ip) {
+        Ok(slot) => slot,
+        Err(SlotLimit::PerIp) => {
+            let denied = Denied {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                reason: Denial::TooManyConnections,
+            };
+            return deny(gw, &route, denied);
+        }
+        Err(SlotLimit::Node | SlotLimit::Route) => {
+            gw.metrics.routes[route.index].denied(Denial::TooManyConnections);
+            return reject(gw, Rejection::TooManyConnections);
+        }
+    };
+    let identity = match route
+        .gate
+        .authenticate(gw, &route.path, peer, ip, req.uri(), req.headers())
+        .await
+    {
+        Ok(identity) => identity,
+        Err(denied) => return deny(gw, &route, denied),
+    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(route.max_message_size))
         .max_frame_size(Some(route.max_message_size))
         // Small buffers: most connections are idle most of the time.
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (response, upgrade) = match hyper_tungstenite::upgrade(&mut req, Some(config)) {
+    let (mut response, upgrade) = match hyper_tungstenite::upgrade(&mut req, Some(config)) {
         Ok(pair) => pair,
         Err(_) => return reject(gw, Rejection::BadUpgrade),
     };
+    if let Some(protocol) = &identity.protocol {
+        response
+            .headers_mut()
+            .insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+    }
     let admitted = Admitted {
-        remote_address: crate::net::client_ip(peer, req.headers(), &server.trusted_proxies)
-            .to_string(),
+        remote_address: ip.to_string(),
         remote_port: peer.port(),
         route,
         slot,
+        identity,
     };
     gw.tasks.spawn(session::run(gw.clone(), upgrade, admitted));
     response
+}
+
+fn deny(gw: &Gateway, route: &Route, denied: Denied) -> Response<Full<Bytes>> {
+    gw.metrics.routes[route.index].denied(denied.reason);
+    denied_response(denied)
 }
 
 fn reject(gw: &Gateway, rejection: Rejection) -> Response<Full<Bytes>> {

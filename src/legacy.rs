@@ -154,6 +154,8 @@ pub struct PeerInfo {
     pub route: Arc<crate::routes::Route>,
     pub remote_address: String,
     pub remote_port: u16,
+    pub user: Option<String>,
+    pub claims: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl PeerInfo {
@@ -163,6 +165,8 @@ impl PeerInfo {
             route: &self.route.path,
             remote_address: &self.remote_address,
             remote_port: self.remote_port,
+            user: self.user.as_deref(),
+            claims: self.claims.as_deref(),
         }
     }
 }

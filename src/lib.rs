@@ -26,6 +26,9 @@
 //! One [`CancellationToken`] goes down to every task; [`TaskTracker`]s wait for them, within
 //! `server.shutdown_grace`.
 
+pub mod auth;
+
+pub mod admission;
 pub mod backoff;
 pub mod config;
 pub mod error;
@@ -43,6 +46,7 @@ pub mod server;
 pub mod session;
 pub mod subscriber;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -74,6 +78,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// Connection slots in use, for `server.max_connections`.
     live: AtomicUsize,
+    /// Connections per client address, for `max_connections_per_ip`.
+    per_ip: dashmap::DashMap<IpAddr, usize>,
     pub shutdown: CancellationToken,
     /// HTTP connections and WebSocket sessions; waited for on shutdown.
     pub tasks: TaskTracker,
@@ -98,18 +104,44 @@ impl Gateway {
         }
     }
 
-    /// Takes a connection slot on the node and on `route`, or `None` at either limit. The slot
-    /// is freed when dropped.
-    pub fn try_reserve_slot(self: &Arc<Self>, route: &Arc<Route>) -> Option<ConnectionSlot> {
+    /// Takes a connection slot on the node, on `route`, and for the client's address, or says
+    /// which limit was hit. The slot is freed when dropped.
+    pub fn try_reserve_slot(
+        self: &Arc<Self>,
+        route: &Arc<Route>,
+        ip: IpAddr,
+    ) -> Result<ConnectionSlot, SlotLimit> {
         if !take(&self.live, self.settings.server.max_connections) {
-            return None;
+            return Err(SlotLimit::Node);
         }
         if !take(&route.live, route.max_connections.unwrap_or(usize::MAX)) {
             self.live.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(SlotLimit::Route);
         }
-        Some(ConnectionSlot(self.clone(), route.clone()))
+        // From here on, dropping `slot` gives back what was taken.
+        let mut slot = ConnectionSlot {
+            gw: self.clone(),
+            route: route.clone(),
+            ip: None,
+        };
+        if let Some(max) = route.gate.rules.max_connections_per_ip {
+            let mut n = self.per_ip.entry(ip).or_insert(0);
+            if *n >= max {
+                return Err(SlotLimit::PerIp);
+            }
+            *n += 1;
+            slot.ip = Some(ip);
+        }
+        Ok(slot)
     }
+}
+
+/// Which connection limit refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotLimit {
+    Node,
+    Route,
+    PerIp,
 }
 
 /// Increments `counter` unless it is at `max`.
@@ -121,13 +153,24 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
         .is_ok()
 }
 
-/// A reserved place under `server.max_connections` and the route's `max_connections`.
-pub struct ConnectionSlot(Arc<Gateway>, Arc<Route>);
+/// A reserved place under the node's, the route's and the client address's connection limits.
+pub struct ConnectionSlot {
+    gw: Arc<Gateway>,
+    route: Arc<Route>,
+    /// Set when the slot counts against a per-address limit.
+    ip: Option<IpAddr>,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
-        self.1.live.fetch_sub(1, Ordering::AcqRel);
+        self.gw.live.fetch_sub(1, Ordering::AcqRel);
+        self.route.live.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            if let Some(mut n) = self.gw.per_ip.get_mut(&ip) {
+                *n -= 1;
+            }
+            self.gw.per_ip.remove_if(&ip, |_, n| *n == 0);
+        }
     }
 }
 
@@ -172,6 +215,7 @@ pub async fn run(
         http_client,
         ready: AtomicBool::new(false),
         live: AtomicUsize::new(0),
+        per_ip: dashmap::DashMap::new(),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });

@@ -78,6 +78,21 @@ label_enum!(
         Shutdown => "shutdown",
         IdleTimeout => "idle_timeout",
         RateLimited => "rate_limited",
+        TokenExpired => "token_expired",
+    }
+);
+
+label_enum!(
+    /// Why a client was refused admission to a route (or, for `rate_limited`, cut off after).
+    Denial {
+        BadToken => "bad_token",
+        Expired => "expired",
+        Origin => "origin",
+        IpDenied => "ip_denied",
+        TooManyConnections => "too_many_connections",
+        HookDenied => "hook_denied",
+        HookError => "hook_error",
+        RateLimited => "rate_limited",
     }
 );
 
@@ -140,6 +155,7 @@ pub struct RouteMetrics {
     events_lost: Box<[AtomicU64]>,
     pub replies_relayed: AtomicU64,
     closes: Box<[AtomicU64]>,
+    denials: Box<[AtomicU64]>,
 }
 
 impl RouteMetrics {
@@ -152,6 +168,7 @@ impl RouteMetrics {
             events_lost: counters(Loss::ALL.len()),
             replies_relayed: AtomicU64::new(0),
             closes: counters(CloseReason::ALL.len()),
+            denials: counters(Denial::ALL.len()),
         }
     }
 
@@ -161,6 +178,10 @@ impl RouteMetrics {
 
     pub fn lost(&self, reason: Loss, n: u64) {
         self.events_lost[reason as usize].fetch_add(n, Relaxed);
+    }
+
+    pub fn denied(&self, reason: Denial) {
+        self.denials[reason as usize].fetch_add(1, Relaxed);
     }
 
     pub fn closed(&self, reason: CloseReason) {
@@ -371,6 +392,24 @@ impl Metrics {
                 &[("reason", reason.as_str())],
                 self.rejections[*reason as usize].load(Relaxed),
             );
+        }
+        header(
+            &mut out,
+            "refract_admission_rejections_total",
+            "counter",
+            "Clients refused by a route's admission rules, by reason",
+        );
+        for r in &self.routes {
+            for reason in Denial::ALL {
+                let labels = [("route", r.name.as_str()), ("reason", reason.as_str())];
+                let value = r.denials[*reason as usize].load(Relaxed);
+                sample(
+                    &mut out,
+                    "refract_admission_rejections_total",
+                    &labels,
+                    value,
+                );
+            }
         }
         header(
             &mut out,

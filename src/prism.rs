@@ -36,6 +36,10 @@ pub struct Peer<'a> {
     pub route: &'a str,
     pub remote_address: &'a str,
     pub remote_port: u16,
+    /// Who the route's admission said the client is (refract's addition to the seed's fields).
+    pub user: Option<&'a str>,
+    /// The verified token claims or the hook's claims, as JSON.
+    pub claims: Option<&'a serde_json::value::RawValue>,
 }
 
 /// A client's data frame.
@@ -61,6 +65,10 @@ struct EventJson<'a> {
     binary: bool,
     #[serde(rename = "responseChannel", skip_serializing_if = "Option::is_none")]
     response_channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claims: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Encodes one event. `response_channel` is `None` for HTTP services, which answer in the
@@ -85,6 +93,8 @@ pub fn encode_event(
         message,
         binary,
         response_channel,
+        user: peer.user,
+        claims: peer.claims,
     };
     // Serializing a struct of strings and integers cannot fail.
     serde_json::to_vec(&json).expect("event serialization is infallible")
@@ -327,7 +337,25 @@ mod tests {
         route: "/quotes",
         remote_address: "10.1.2.3",
         remote_port: 5555,
+        user: None,
+        claims: None,
     };
+
+    #[test]
+    fn admitted_users_and_claims_are_added_to_events() {
+        let claims =
+            serde_json::value::RawValue::from_string(r#"{"sub":"al","role":"x"}"#.into()).unwrap();
+        let peer = Peer {
+            user: Some("al"),
+            claims: Some(&claims),
+            ..PEER
+        };
+        let v: Value =
+            serde_json::from_slice(&encode_event(&peer, EventKind::Connect, None, Some("rc")))
+                .unwrap();
+        assert_eq!(v["user"], "al");
+        assert_eq!(v["claims"], json!({"sub": "al", "role": "x"}));
+    }
 
     fn event(kind: EventKind, data: Option<ClientData<'_>>, rc: Option<&str>) -> Value {
         serde_json::from_slice(&encode_event(&PEER, kind, data, rc)).unwrap()

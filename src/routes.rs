@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use std::sync::atomic::AtomicUsize;
 
+use crate::admission::Gate;
 use crate::config::{RateLimit, Service, Settings};
 use crate::legacy::LegacyService;
 
@@ -25,6 +26,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Connection slots in use on this route.
     pub live: AtomicUsize,
+    /// Who may connect.
+    pub gate: Gate,
 }
 
 impl Route {
@@ -72,6 +75,11 @@ impl RouteTable {
                     .unwrap_or(settings.server.max_message_size),
                 rate_limit: route.rate_limit,
                 live: AtomicUsize::new(0),
+                gate: Gate::new(
+                    &settings.server.admission,
+                    &route.admission,
+                    route.auth.clone(),
+                ),
             });
             table.by_path.insert(path.clone(), route.clone());
             table.list.push(route);

@@ -18,11 +18,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::admission::Identity;
 use crate::config::{RateLimit, RateLimitAction};
 use crate::error::{Close, close_for_read_error};
 use crate::ids::ConnectionId;
 use crate::legacy::{Data, Lane, PeerInfo};
-use crate::metrics::{CloseReason, Loss};
+use crate::metrics::{CloseReason, Denial, Loss};
 use crate::prism::{self, ClientData, EventKind};
 use crate::publisher::{Publish, Tag};
 use crate::registry::{Control, Handle};
@@ -43,6 +44,7 @@ pub struct Admitted {
     pub remote_address: String,
     pub remote_port: u16,
     pub slot: ConnectionSlot,
+    pub identity: Identity,
 }
 
 pub async fn run(gw: Arc<Gateway>, upgrade: HyperWebsocket, admitted: Admitted) {
@@ -71,20 +73,29 @@ struct Session {
     lanes: Vec<Lane>,
     /// Held for the life of the session: frees the connection slot when dropped.
     _slot: ConnectionSlot,
+    /// When the client's token expires: the session is closed with 4001 then.
+    expires_at: Option<Instant>,
 }
 
 impl Session {
     fn new(gw: Arc<Gateway>, id: ConnectionId, admitted: Admitted) -> Self {
         let shard = gw.publisher.pick_shard();
+        let expires_at = admitted
+            .identity
+            .expires_in
+            .map(|left| Instant::now() + left);
         let peer = Arc::new(PeerInfo {
             id,
             route: admitted.route,
             remote_address: admitted.remote_address,
             remote_port: admitted.remote_port,
+            user: admitted.identity.user,
+            claims: admitted.identity.claims,
         });
         Self {
             gw,
             peer,
+            expires_at,
             shard,
             control: Arc::new(Control::default()),
             lanes: Vec::new(),
@@ -167,6 +178,9 @@ impl Session {
                         Err(_) => return CloseReason::WriteTimeout,
                     }
                 }
+                _ = sleep_until_opt(self.expires_at) => {
+                    return close(&mut sink, &mut stream, Close::TOKEN_EXPIRED).await;
+                }
                 _ = keepalive.tick() => {
                     if last_seen.elapsed() >= server.idle_timeout {
                         return close(&mut sink, &mut stream, Close::IDLE).await;
@@ -189,11 +203,13 @@ impl Session {
                         match bucket.as_mut().map_or(Ok(()), |b| b.take(Instant::now())) {
                             Ok(()) => self.publish(EventKind::Message, Some(data)).await,
                             Err(RateLimitAction::Drop) => {
+                                self.gw.metrics.routes[self.peer.route.index].denied(Denial::RateLimited);
                                 let per_event = self.peer.route.channels.len().max(1) as u64;
                                 self.gw.metrics.routes[self.peer.route.index]
                                     .lost(Loss::RateLimited, per_event);
                             }
-                            Err(RateLimitAction::Close) => {
+                            Err(_) => {
+                                self.gw.metrics.routes[self.peer.route.index].denied(Denial::RateLimited);
                                 return close(&mut sink, &mut stream, Close::RATE_LIMIT).await;
                             }
                         }
@@ -255,6 +271,14 @@ impl Session {
             };
             self.gw.publisher.publish(self.shard, p).await;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -606,8 +606,21 @@ proptest! {
         kind in prop::sample::select(EventKind::ALL.to_vec()),
         data in prop::option::of(payload()),
         rc in prop::option::of(nasty_string(16)),
+        user in prop::option::of(nasty_string(8)),
+        claims in prop::option::of(nasty_string(8)),
     ) {
-        let peer = Peer { id: &id, route: &route, remote_address: &address, remote_port: port };
+        // Admission's additions: `user`, and the claims as a JSON object.
+        let claims = claims.map(|c| {
+            serde_json::value::RawValue::from_string(json!({"sub": c, "n": 1}).to_string()).unwrap()
+        });
+        let peer = Peer {
+            id: &id,
+            route: &route,
+            remote_address: &address,
+            remote_port: port,
+            user: user.as_deref(),
+            claims: claims.as_deref(),
+        };
         let client = data.as_ref().map(|p| match p {
             Payload::Text(t) => ClientData::Text(t),
             Payload::Binary(b) => ClientData::Binary(b),
@@ -635,6 +648,12 @@ proptest! {
         }
         if let Some(rc) = &rc {
             want["responseChannel"] = rc.as_str().into();
+        }
+        if let Some(user) = &user {
+            want["user"] = user.as_str().into();
+        }
+        if let Some(claims) = &claims {
+            want["claims"] = serde_json::from_str(claims.get()).unwrap();
         }
         prop_assert_eq!(got, want);
     }
