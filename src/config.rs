@@ -47,6 +47,118 @@ pub struct Settings {
     pub redis: RedisSettings,
     #[serde(default)]
     pub routes: BTreeMap<String, RouteSettings>,
+    /// The Phoenix Channels endpoint; absent = Channels off.
+    pub channels: Option<ChannelsSettings>,
+}
+
+/// `[channels]`: a Phoenix Channels endpoint bridged to Redis (docs/channels.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsSettings {
+    /// phoenix.js connects to `<endpoint>/websocket`.
+    pub endpoint: String,
+    /// HS256 secret for join tokens; prefer `jwt_secret_env`.
+    pub jwt_secret: Option<String>,
+    pub jwt_secret_env: Option<String>,
+    /// Or verify with a public key (then the token endpoint cannot sign).
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub jwt_algorithm: Option<String>,
+    pub jwt_issuer: Option<crate::auth::OneOrMany>,
+    pub jwt_audience: Option<crate::auth::OneOrMany>,
+    /// Lifetime of tokens minted by the token endpoint.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    pub max_topics_per_socket: usize,
+    /// A socket that sends nothing (not even a heartbeat) for this long is closed with 1001.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Reply ok to each client push once published (or error `unavailable`); Phoenix's default
+    /// is no reply.
+    pub ack_pushes: bool,
+    /// Frames queued for one socket; a socket that lets it fill is closed with 1013.
+    pub outbound_queue: usize,
+    /// Largest client frame.
+    pub max_frame_size: usize,
+    /// Where join/leave notes go for backends that want them; empty = none.
+    pub lifecycle_channel: String,
+    pub token_endpoint: Option<TokenEndpointSettings>,
+    pub system: Option<SystemTopicSettings>,
+}
+
+impl Default for ChannelsSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: "/socket".into(),
+            jwt_secret: None,
+            jwt_secret_env: None,
+            jwt_public_key_file: None,
+            jwt_algorithm: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            token_ttl: Duration::from_secs(3600),
+            max_topics_per_socket: 100,
+            idle_timeout: Duration::from_secs(60),
+            ack_pushes: false,
+            outbound_queue: 1024,
+            max_frame_size: 1024 * 1024,
+            lifecycle_channel: "refract:channels:lifecycle".into(),
+            token_endpoint: None,
+            system: None,
+        }
+    }
+}
+
+impl ChannelsSettings {
+    /// The token settings in the shape the shared JWT code takes.
+    pub fn jwt(&self) -> crate::auth::JwtSettings {
+        crate::auth::JwtSettings {
+            secret: self.jwt_secret.clone(),
+            secret_env: self.jwt_secret_env.clone(),
+            public_key_file: self.jwt_public_key_file.clone(),
+            algorithm: self.jwt_algorithm.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: None,
+        }
+    }
+
+    /// `<endpoint>/websocket`.
+    pub fn websocket_path(&self) -> String {
+        format!("{}/websocket", self.endpoint.trim_end_matches('/'))
+    }
+}
+
+/// `[channels.token_endpoint]`: Tangram's `POST /token`, authenticated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenEndpointSettings {
+    pub path: String,
+    /// Environment variable with the API key callers must send as `Authorization: Bearer`.
+    pub api_key_env: Option<String>,
+    /// No API key at all: development only, logged loudly at start.
+    pub open: bool,
+    /// Origins allowed to call it from a browser (CORS); never `*`.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for TokenEndpointSettings {
+    fn default() -> Self {
+        Self {
+            path: "/token".into(),
+            api_key_env: None,
+            open: false,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// `[channels.system]`: the `system` topic's clock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemTopicSettings {
+    /// Publish `datetime` on `to:system:datetime` this often (one node at a time).
+    #[serde(with = "humantime_serde")]
+    pub datetime_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,6 +508,9 @@ impl Settings {
         nonzero("redis.canary_timeout", r.canary_timeout)?;
         nonzero("redis.command_timeout", r.command_timeout)?;
 
+        if let Some(ch) = &self.channels {
+            self.validate_channels(ch)?;
+        }
         for (path, route) in &self.routes {
             let key = format!("routes.\"{path}\"");
             if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
@@ -462,6 +577,71 @@ impl Settings {
                 check_token(&key, name, 100)?;
                 service.resolve(&key)?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_channels(&self, ch: &ChannelsSettings) -> Result<(), ConfigError> {
+        let endpoint = &ch.endpoint;
+        if !endpoint.starts_with('/') || endpoint.contains(['?', '#', ' ']) {
+            return Err(ConfigError::new(
+                "channels.endpoint",
+                "must be a URL path starting with '/'",
+            ));
+        }
+        let ws = ch.websocket_path();
+        if self.routes.contains_key(&ws) || RESERVED_PATHS.contains(&ws.as_str()) {
+            return Err(ConfigError::new(
+                "channels.endpoint",
+                format!("{ws} is already a route"),
+            ));
+        }
+        let verifier = ch.jwt().verifier();
+        verifier.map_err(|e| ConfigError::new("channels.jwt_secret", e.0))?;
+        positive("channels.max_topics_per_socket", ch.max_topics_per_socket)?;
+        positive("channels.outbound_queue", ch.outbound_queue)?;
+        positive("channels.max_frame_size", ch.max_frame_size)?;
+        nonzero("channels.idle_timeout", ch.idle_timeout)?;
+        nonzero("channels.token_ttl", ch.token_ttl)?;
+        if let Some(t) = &ch.token_endpoint {
+            if !t.path.starts_with('/') || self.routes.contains_key(&t.path) || t.path == ws {
+                return Err(ConfigError::new(
+                    "channels.token_endpoint.path",
+                    "must be a free URL path starting with '/'",
+                ));
+            }
+            if ch.jwt_public_key_file.is_some() {
+                return Err(ConfigError::new(
+                    "channels.token_endpoint",
+                    "needs jwt_secret or jwt_secret_env: a public key cannot sign tokens",
+                ));
+            }
+            match (&t.api_key_env, t.open) {
+                (None, false) => {
+                    return Err(ConfigError::new(
+                        "channels.token_endpoint.api_key_env",
+                        "is required unless open = true",
+                    ));
+                }
+                (Some(var), _) if std::env::var(var).map_or(true, |k| k.len() < 16) => {
+                    return Err(ConfigError::new(
+                        "channels.token_endpoint.api_key_env",
+                        format!("environment variable {var} must hold a key of at least 16 bytes"),
+                    ));
+                }
+                _ => {}
+            }
+            if t.cors_origins.iter().any(|o| o == "*") {
+                return Err(ConfigError::new(
+                    "channels.token_endpoint.cors_origins",
+                    "\"*\" is not allowed: list the origins",
+                ));
+            }
+        }
+        if let Some(s) = &ch.system {
+            nonzero("channels.system.datetime_interval", s.datetime_interval)?;
         }
         Ok(())
     }

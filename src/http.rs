@@ -56,6 +56,19 @@ async fn respond(
         }
         _ => {}
     }
+    if let Some(ch) = &gw.channels {
+        if path == ch.ws_path {
+            return crate::channels::upgrade(gw, ch, req).await;
+        }
+        if ch
+            .settings
+            .token_endpoint
+            .as_ref()
+            .is_some_and(|t| t.path == path)
+        {
+            return crate::channels::token::handle(ch, req).await;
+        }
+    }
     let Some(route) = gw.routes.get(path).cloned() else {
         return reject(gw, Rejection::NotFound);
     };

@@ -30,6 +30,7 @@ pub mod auth;
 
 pub mod admission;
 pub mod backoff;
+pub mod channels;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -37,6 +38,7 @@ pub mod ids;
 pub mod legacy;
 pub mod metrics;
 pub mod net;
+pub mod phoenix;
 pub mod prism;
 pub mod publisher;
 pub mod registry;
@@ -75,6 +77,8 @@ pub struct Gateway {
     pub publisher: Publisher,
     /// Shared keep-alive client for legacy HTTP services.
     pub http_client: reqwest::Client,
+    /// The Channels endpoint, when configured.
+    pub channels: Option<Arc<channels::Channels>>,
     ready: AtomicBool,
     /// Connection slots in use, for `server.max_connections`.
     live: AtomicUsize,
@@ -121,7 +125,7 @@ impl Gateway {
         // From here on, dropping `slot` gives back what was taken.
         let mut slot = ConnectionSlot {
             gw: self.clone(),
-            route: route.clone(),
+            route: Some(route.clone()),
             ip: None,
         };
         if let Some(max) = route.gate.rules.max_connections_per_ip {
@@ -133,6 +137,17 @@ impl Gateway {
             slot.ip = Some(ip);
         }
         Ok(slot)
+    }
+}
+
+impl Gateway {
+    /// A slot for a Channels socket: only the node's limit applies.
+    pub fn try_reserve_socket_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        take(&self.live, self.settings.server.max_connections).then(|| ConnectionSlot {
+            gw: self.clone(),
+            route: None,
+            ip: None,
+        })
     }
 }
 
@@ -156,7 +171,8 @@ fn take(counter: &AtomicUsize, max: usize) -> bool {
 /// A reserved place under the node's, the route's and the client address's connection limits.
 pub struct ConnectionSlot {
     gw: Arc<Gateway>,
-    route: Arc<Route>,
+    /// The route whose limit the slot counts against (none for Channels sockets).
+    route: Option<Arc<Route>>,
     /// Set when the slot counts against a per-address limit.
     ip: Option<IpAddr>,
 }
@@ -164,7 +180,9 @@ pub struct ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.gw.live.fetch_sub(1, Ordering::AcqRel);
-        self.route.live.fetch_sub(1, Ordering::AcqRel);
+        if let Some(route) = &self.route {
+            route.live.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(ip) = self.ip {
             if let Some(mut n) = self.gw.per_ip.get_mut(&ip) {
                 *n -= 1;
@@ -204,6 +222,10 @@ pub async fn run(
     let drain = CancellationToken::new();
     let publisher = Publisher::start(&settings.redis, metrics.clone(), drain.clone(), &workers)?;
     let grace = settings.server.shutdown_grace;
+    let channels = settings
+        .channels
+        .clone()
+        .map(|c| channels::Channels::new(c, metrics.clone(), settings.redis.command_timeout));
     let gateway = Arc::new(Gateway {
         node,
         response_channel,
@@ -213,6 +235,7 @@ pub async fn run(
         metrics,
         publisher,
         http_client,
+        channels: channels.as_ref().map(|(ch, _)| ch.clone()),
         ready: AtomicBool::new(false),
         live: AtomicUsize::new(0),
         per_ip: dashmap::DashMap::new(),
@@ -226,6 +249,12 @@ pub async fn run(
         "refract starting"
     );
     workers.spawn(subscriber::run(gateway.clone()));
+    if let Some((ch, cmds)) = channels {
+        workers.spawn(channels::bridge::run(gateway.clone(), ch.clone(), cmds));
+        if let Some(system) = &ch.settings.system {
+            workers.spawn(channels::clock(gateway.clone(), system.datetime_interval));
+        }
+    }
 
     server::serve(listener, gateway.clone()).await;
 

@@ -189,8 +189,198 @@ impl RouteMetrics {
     }
 }
 
+label_enum!(
+    /// The outcome of a `phx_join`.
+    JoinResult {
+        Ok => "ok",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        InvalidTopic => "invalid_topic",
+        TooManyChannels => "too_many_channels",
+        Unavailable => "unavailable",
+    }
+);
+
+label_enum!(
+    /// Why a Channels frame went nowhere.
+    ChannelDrop {
+        BadFrame => "bad_frame",
+        UnmatchedTopic => "unmatched_topic",
+        EmptyPayload => "empty_payload",
+        SlowClient => "slow_client",
+        NameTooLong => "name_too_long",
+        ReservedEvent => "reserved_event",
+    }
+);
+
+/// Counters of the Channels endpoint.
+pub struct ChannelMetrics {
+    pub sockets: AtomicI64,
+    pub sockets_total: AtomicU64,
+    pub joined: AtomicI64,
+    joins: Box<[AtomicU64]>,
+    /// Client pushes and the gateway's own publishes (presence, lifecycle, clock) taken by Redis.
+    pub publishes: AtomicU64,
+    pub publishes_lost: AtomicU64,
+    /// Messages received from `to:*`, and frames fanned out from them to sockets.
+    pub messages_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    drops: Box<[AtomicU64]>,
+    closes: Box<[AtomicU64]>,
+}
+
+impl ChannelMetrics {
+    fn new() -> Self {
+        Self {
+            sockets: AtomicI64::new(0),
+            sockets_total: AtomicU64::new(0),
+            joined: AtomicI64::new(0),
+            joins: counters(JoinResult::ALL.len()),
+            publishes: AtomicU64::new(0),
+            publishes_lost: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            drops: counters(ChannelDrop::ALL.len()),
+            closes: counters(CloseReason::ALL.len()),
+        }
+    }
+
+    pub fn join(&self, result: JoinResult) {
+        self.joins[result as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn dropped(&self, reason: ChannelDrop) {
+        self.drops[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.closes[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        header(
+            out,
+            "refract_channels_sockets",
+            "gauge",
+            "Open Channels sockets",
+        );
+        sample(
+            out,
+            "refract_channels_sockets",
+            &[],
+            self.sockets.load(Relaxed),
+        );
+        header(
+            out,
+            "refract_channels_joined",
+            "gauge",
+            "Topic memberships of open sockets",
+        );
+        sample(
+            out,
+            "refract_channels_joined",
+            &[],
+            self.joined.load(Relaxed),
+        );
+        header(
+            out,
+            "refract_channels_joins_total",
+            "counter",
+            "phx_join requests, by result",
+        );
+        for r in JoinResult::ALL {
+            let v = self.joins[*r as usize].load(Relaxed);
+            sample(
+                out,
+                "refract_channels_joins_total",
+                &[("result", r.as_str())],
+                v,
+            );
+        }
+        header(
+            out,
+            "refract_channels_publishes_total",
+            "counter",
+            "Publishes to Redis from Channels",
+        );
+        sample(
+            out,
+            "refract_channels_publishes_total",
+            &[],
+            self.publishes.load(Relaxed),
+        );
+        header(
+            out,
+            "refract_channels_publishes_lost_total",
+            "counter",
+            "Channels publishes Redis did not take",
+        );
+        sample(
+            out,
+            "refract_channels_publishes_lost_total",
+            &[],
+            self.publishes_lost.load(Relaxed),
+        );
+        header(
+            out,
+            "refract_channels_messages_in_total",
+            "counter",
+            "Messages received on to:<topic>:<event>",
+        );
+        sample(
+            out,
+            "refract_channels_messages_in_total",
+            &[],
+            self.messages_in.load(Relaxed),
+        );
+        header(
+            out,
+            "refract_channels_frames_out_total",
+            "counter",
+            "Frames fanned out to sockets",
+        );
+        sample(
+            out,
+            "refract_channels_frames_out_total",
+            &[],
+            self.frames_out.load(Relaxed),
+        );
+        header(
+            out,
+            "refract_channels_dropped_total",
+            "counter",
+            "Channels frames dropped, by reason",
+        );
+        for r in ChannelDrop::ALL {
+            let v = self.drops[*r as usize].load(Relaxed);
+            sample(
+                out,
+                "refract_channels_dropped_total",
+                &[("reason", r.as_str())],
+                v,
+            );
+        }
+        header(
+            out,
+            "refract_channels_closed_total",
+            "counter",
+            "Channels sockets closed, by reason",
+        );
+        for r in CloseReason::ALL {
+            let v = self.closes[*r as usize].load(Relaxed);
+            sample(
+                out,
+                "refract_channels_closed_total",
+                &[("reason", r.as_str())],
+                v,
+            );
+        }
+    }
+}
+
 pub struct Metrics {
     pub routes: Vec<RouteMetrics>,
+    pub channels: ChannelMetrics,
     pub http: Vec<HttpMetrics>,
     replies_dropped: Box<[AtomicU64]>,
     rejections: Box<[AtomicU64]>,
@@ -211,6 +401,7 @@ impl Metrics {
     ) -> Self {
         Self {
             routes: route_names.into_iter().map(RouteMetrics::new).collect(),
+            channels: ChannelMetrics::new(),
             http: http_services
                 .into_iter()
                 .map(|(route, service)| HttpMetrics {
@@ -243,6 +434,7 @@ impl Metrics {
     /// Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        self.channels.render(&mut out);
         header(
             &mut out,
             "refract_ready",

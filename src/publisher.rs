@@ -27,8 +27,13 @@ use crate::prism::EventKind;
 /// What a publish is for, so its fate is counted in the right place.
 #[derive(Clone, Copy, Debug)]
 pub enum Tag {
-    Event { route: usize, kind: EventKind },
+    Event {
+        route: usize,
+        kind: EventKind,
+    },
     NotConnected,
+    /// A Channels publish: a client push, a presence diff, a lifecycle note, the clock.
+    Channel,
 }
 
 #[derive(Debug)]
@@ -36,6 +41,19 @@ pub struct Publish {
     pub channel: Arc<str>,
     pub payload: Bytes,
     pub tag: Tag,
+    /// Told whether Redis took the publish (for Channels' `ack_pushes`).
+    pub ack: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+impl Publish {
+    pub fn new(channel: impl Into<Arc<str>>, payload: impl Into<Bytes>, tag: Tag) -> Self {
+        Self {
+            channel: channel.into(),
+            payload: payload.into(),
+            tag,
+            ack: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -109,7 +127,7 @@ impl Publisher {
     /// that produced it). Counted as lost if the node is shutting down.
     pub async fn publish(&self, shard: usize, p: Publish) {
         if let Err(mpsc::error::SendError(p)) = self.shards[shard].send(p).await {
-            count_lost(&self.metrics, p.tag, Loss::Shutdown, 1);
+            count_lost(&self.metrics, &p, Loss::Shutdown);
         }
     }
 
@@ -120,25 +138,39 @@ impl Publisher {
                 mpsc::error::TrySendError::Full(p) => p,
                 mpsc::error::TrySendError::Closed(p) => p,
             };
-            count_lost(&self.metrics, p.tag, Loss::RedisUnavailable, 1);
+            count_lost(&self.metrics, &p, Loss::RedisUnavailable);
         }
     }
 }
 
-fn count_lost(metrics: &Metrics, tag: Tag, reason: Loss, n: u64) {
-    match tag {
-        Tag::Event { route, .. } => metrics.routes[route].lost(reason, n),
+/// Counts one publish that did not happen, and tells whoever waits for it.
+fn count_lost(metrics: &Metrics, p: &Publish, reason: Loss) {
+    match p.tag {
+        Tag::Event { route, .. } => metrics.routes[route].lost(reason, 1),
         Tag::NotConnected => {
-            metrics.other_lost.fetch_add(n, Relaxed);
+            metrics.other_lost.fetch_add(1, Relaxed);
         }
+        Tag::Channel => {
+            metrics.channels.publishes_lost.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn acknowledge(p: &mut Publish, ok: bool) {
+    if let Some(ack) = p.ack.take() {
+        let _ = ack.send(ok);
     }
 }
 
 /// Counts a sent batch; `receivers[i]` is how many subscribers PUBLISH `i` reached. An event
 /// nobody heard is counted as lost, so that published + lost always equals what clients sent.
-fn count_published(metrics: &Metrics, batch: &[Publish], receivers: &[i64]) {
-    for (p, &heard) in batch.iter().zip(receivers) {
+fn count_published(metrics: &Metrics, batch: &mut [Publish], receivers: &[i64]) {
+    for (p, &heard) in batch.iter_mut().zip(receivers) {
+        acknowledge(p, true);
         match p.tag {
+            Tag::Channel => {
+                metrics.channels.publishes.fetch_add(1, Relaxed);
+            }
             Tag::Event { route, .. } if heard == 0 => {
                 metrics.routes[route].lost(Loss::NoSubscriber, 1);
             }
@@ -179,19 +211,19 @@ async fn worker(
         if down_until
             .is_some_and(|(t, epoch)| Instant::now() < t && recoveries.load(Relaxed) == epoch)
         {
-            lose_batch(&metrics, &batch);
+            lose_batch(&metrics, &mut batch);
             continue;
         }
         match send(&mut conn, &pool, &batch, timeout).await {
             Ok(receivers) => {
                 metrics.publish_batches.fetch_add(1, Relaxed);
-                count_published(&metrics, &batch, &receivers);
+                count_published(&metrics, &mut batch, &receivers);
                 backoff.reset();
                 down_until = None;
             }
             Err(e) => {
                 discard(&mut conn);
-                lose_batch(&metrics, &batch);
+                lose_batch(&metrics, &mut batch);
                 down_until = Some((
                     Instant::now() + backoff.next_delay(),
                     recoveries.load(Relaxed),
@@ -204,9 +236,10 @@ async fn worker(
     }
 }
 
-fn lose_batch(metrics: &Metrics, batch: &[Publish]) {
+fn lose_batch(metrics: &Metrics, batch: &mut [Publish]) {
     for p in batch {
-        count_lost(metrics, p.tag, Loss::RedisUnavailable, 1);
+        acknowledge(p, false);
+        count_lost(metrics, p, Loss::RedisUnavailable);
     }
 }
 

@@ -30,11 +30,11 @@ pub fn deliver(gw: &Gateway, log: &LogLimiter, reply: Reply) {
         if let Some(channel) = reply.response_channel.filter(|c| !c.is_empty()) {
             gw.publisher.try_publish(
                 0,
-                Publish {
-                    channel: channel.into(),
-                    payload: prism::encode_not_connected(&reply.id).into(),
-                    tag: Tag::NotConnected,
-                },
+                Publish::new(
+                    channel,
+                    prism::encode_not_connected(&reply.id),
+                    Tag::NotConnected,
+                ),
             );
         }
         return;

@@ -164,8 +164,11 @@ impl Session {
                             write_timeout,
                             write_batch(&mut sink, &mut rx, first, &self.control),
                         ) => r,
-                        // A stuck write cannot carry a close frame; just let the socket go.
-                        why = self.control.killed() => return why,
+                        // The pending write finishes first (if the client drains in time), then
+                        // the close frame says why.
+                        why = self.control.killed() => {
+                            return close(&mut sink, &mut stream, Close::for_kill(why)).await;
+                        }
                     };
                     match written {
                         Ok(Ok(false)) => {}
@@ -261,14 +264,11 @@ impl Session {
             Some(&self.gw.response_channel),
         ));
         for channel in &route.channels {
-            let p = Publish {
-                channel: channel.clone(),
-                payload: payload.clone(),
-                tag: Tag::Event {
-                    route: route.index,
-                    kind,
-                },
+            let tag = Tag::Event {
+                route: route.index,
+                kind,
             };
+            let p = Publish::new(channel.clone(), payload.clone(), tag);
             self.gw.publisher.publish(self.shard, p).await;
         }
     }
@@ -284,7 +284,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// Writes `first` and whatever else is already queued, then flushes once. Returns true when a
 /// close frame was written (nothing may follow it).
-async fn write_batch(
+pub(crate) async fn write_batch(
     sink: &mut Sink,
     rx: &mut mpsc::Receiver<Message>,
     first: Message,
@@ -339,7 +339,7 @@ impl TokenBucket {
 
 /// Sends a close frame (bounded in time) and waits briefly for the client's answer, so the
 /// frame is not lost to a reset. Returns the close's reason for counting.
-async fn close(sink: &mut Sink, stream: &mut Stream, close: Close) -> CloseReason {
+pub(crate) async fn close(sink: &mut Sink, stream: &mut Stream, close: Close) -> CloseReason {
     let frame = Message::Close(Some(CloseFrame {
         code: CloseCode::from(close.code),
         reason: close.reason.into(),

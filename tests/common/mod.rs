@@ -135,6 +135,54 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// A pattern subscriber (`PSUBSCRIBE`), keeping each message's channel.
+    pub async fn subscribe_pattern(&self, pattern: &str) -> PatternSubscriber {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.psubscribe(pattern).await.unwrap();
+        let mut stream = pubsub.into_on_message();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                let item = (
+                    msg.get_channel_name().to_string(),
+                    msg.get_payload_bytes().to_vec(),
+                );
+                if tx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        PatternSubscriber { rx, task }
+    }
+}
+
+pub struct PatternSubscriber {
+    rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PatternSubscriber {
+    pub async fn next_message(&mut self) -> (String, Vec<u8>) {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for a Redis message")
+            .expect("subscriber ended")
+    }
+
+    /// Everything received so far, without waiting.
+    pub fn drain_now(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+impl Drop for PatternSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
@@ -403,6 +451,17 @@ impl Node {
     /// Starts `refract --config` with `server` keys, Redis at `redis_url`, and `routes`; waits
     /// until `/readyz` is 200. `node_id` None lets the node generate its id.
     pub async fn start(redis_url: &str, node_id: Option<&str>, server: &str, routes: &str) -> Self {
+        Self::start_with_env(redis_url, node_id, server, routes, &[]).await
+    }
+
+    /// As [`Node::start`], with extra environment variables for the process.
+    pub async fn start_with_env(
+        redis_url: &str,
+        node_id: Option<&str>,
+        server: &str,
+        routes: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refract.toml");
@@ -422,6 +481,7 @@ impl Node {
             .arg(&path)
             .env_remove("REFRACT_NODE_ID")
             .env("REFRACT_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

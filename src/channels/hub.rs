@@ -1,0 +1,141 @@
+//! Topic membership on this node, and fan-out: one message from `to:<topic>:<event>` becomes a
+//! frame for every local member of the topic, encoded once per distinct `join_ref` and shared.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use hyper_tungstenite::tungstenite::Message;
+use tokio::sync::mpsc;
+
+use crate::metrics::{ChannelDrop, CloseReason, Metrics};
+use crate::phoenix;
+use crate::registry::Control;
+
+/// One socket's membership of one topic.
+#[derive(Clone)]
+pub struct Member {
+    pub conn: Arc<str>,
+    pub join_ref: Arc<str>,
+    pub tx: mpsc::Sender<Message>,
+    pub control: Arc<Control>,
+    /// The presence key (the token's `id`).
+    pub key: Arc<str>,
+    /// The presence meta, as JSON.
+    pub meta: Arc<str>,
+}
+
+pub struct Hub {
+    topics: DashMap<String, Vec<Member>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            topics: DashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Adds a member; true when it is the topic's first on this node (subscribe to it).
+    pub fn join(&self, topic: &str, member: Member) -> bool {
+        let mut members = self.topics.entry(topic.to_owned()).or_default();
+        members.push(member);
+        self.metrics.channels.joined.fetch_add(1, Relaxed);
+        members.len() == 1
+    }
+
+    /// Removes `conn`'s membership; true when the topic has no local member left (unsubscribe).
+    pub fn leave(&self, topic: &str, conn: &str) -> bool {
+        let Some(mut members) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        let before = members.len();
+        members.retain(|m| &*m.conn != conn);
+        let removed = (before - members.len()) as i64;
+        self.metrics.channels.joined.fetch_sub(removed, Relaxed);
+        let empty = members.is_empty();
+        drop(members);
+        empty && self.topics.remove_if(topic, |_, m| m.is_empty()).is_some()
+    }
+
+    /// Topics with local members, for re-subscribing after a reconnect.
+    pub fn topics(&self) -> Vec<String> {
+        self.topics.iter().map(|e| e.key().clone()).collect()
+    }
+
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
+    }
+
+    /// Local members of a topic, `{key: {"metas": [meta, ...]}}`.
+    pub fn presence_state(&self, topic: &str) -> String {
+        let mut by_key: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
+        if let Some(members) = self.topics.get(topic) {
+            for m in members.iter() {
+                by_key
+                    .entry(m.key.clone())
+                    .or_default()
+                    .push(m.meta.clone());
+            }
+        }
+        let entries: Vec<String> = by_key
+            .iter()
+            .map(|(key, metas)| {
+                format!(
+                    "{}:{{\"metas\":[{}]}}",
+                    serde_json::to_string(&**key).expect("strings serialize"),
+                    metas.join(",")
+                )
+            })
+            .collect();
+        format!("{{{}}}", entries.join(","))
+    }
+
+    /// Delivers one message from Redis to every local member of `topic`. JSON payloads go out as
+    /// text frames with the payload inserted; other bytes as binary pushes; empty ones nowhere.
+    pub fn deliver(&self, topic: &str, event: &str, payload: &[u8]) {
+        self.metrics.channels.messages_in.fetch_add(1, Relaxed);
+        let Some(members) = self.topics.get(topic) else {
+            return;
+        };
+        if payload.is_empty() {
+            self.metrics.channels.dropped(ChannelDrop::EmptyPayload);
+            return;
+        }
+        let json = phoenix::is_json(payload)
+            .then(|| std::str::from_utf8(payload).ok())
+            .flatten();
+        // Encoded once per distinct join_ref; the bytes are shared by reference count.
+        let mut frames: HashMap<&str, Option<Message>> = HashMap::new();
+        for m in members.iter() {
+            let frame = frames.entry(&m.join_ref).or_insert_with(|| match json {
+                Some(text) => Some(Message::text(phoenix::push(
+                    Some(&m.join_ref),
+                    topic,
+                    event,
+                    text,
+                ))),
+                None => phoenix::binary_push(&m.join_ref, topic, event, payload)
+                    .map(|b| Message::Binary(Bytes::from(b))),
+            });
+            let Some(frame) = frame else {
+                self.metrics.channels.dropped(ChannelDrop::NameTooLong);
+                continue;
+            };
+            match m.tx.try_send(frame.clone()) {
+                Ok(()) => {
+                    self.metrics.channels.frames_out.fetch_add(1, Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.channels.dropped(ChannelDrop::SlowClient);
+                    m.control.kill(CloseReason::SlowClient);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}

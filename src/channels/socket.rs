@@ -1,0 +1,447 @@
+//! One Phoenix socket: heartbeats, joins and leaves, client pushes to `from:<topic>:<event>`,
+//! and the frames the hub queues for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper_tungstenite::tungstenite::Message;
+use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::auth::Claims;
+use crate::channels::Channels;
+use crate::channels::hub::Member;
+use crate::error::{Close, close_for_read_error};
+use crate::ids::ConnectionId;
+use crate::metrics::{ChannelDrop, CloseReason, JoinResult};
+use crate::phoenix::{self, InFrame};
+use crate::publisher::{Publish, Tag};
+use crate::registry::Control;
+use crate::session::{close, write_batch};
+use crate::{ConnectionSlot, Gateway};
+
+/// Bad frames tolerated before the socket is closed with 1007.
+const MAX_BAD_FRAMES: u32 = 10;
+
+/// What the upgrade decided about the socket.
+pub struct Admitted {
+    pub slot: ConnectionSlot,
+    /// The socket-level credential (`token`/`userToken` or the phoenix subprotocol), verified.
+    pub credential: Option<Claims>,
+}
+
+struct Joined {
+    join_ref: Arc<str>,
+    key: Arc<str>,
+    meta: Arc<str>,
+    /// When this membership's token expires.
+    expires: Option<Instant>,
+}
+
+struct Socket {
+    gw: Arc<Gateway>,
+    ch: Arc<Channels>,
+    conn: Arc<str>,
+    tx: mpsc::Sender<Message>,
+    control: Arc<Control>,
+    joined: HashMap<String, Joined>,
+    credential: Option<Claims>,
+    bad_frames: u32,
+    shard: usize,
+    _slot: ConnectionSlot,
+}
+
+pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, upgrade: HyperWebsocket, admitted: Admitted) {
+    let ws = match upgrade.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "Channels upgrade did not complete");
+            return;
+        }
+    };
+    let conn: Arc<str> = ConnectionId::random().as_str().into();
+    let (tx, rx) = mpsc::channel(ch.settings.outbound_queue);
+    let socket = Socket {
+        shard: gw.publisher.pick_shard(),
+        gw: gw.clone(),
+        ch,
+        conn: conn.clone(),
+        tx,
+        control: Arc::new(Control::default()),
+        joined: HashMap::new(),
+        credential: admitted.credential,
+        bad_frames: 0,
+        _slot: admitted.slot,
+    };
+    let span = tracing::info_span!("socket", conn.id = %conn);
+    let metrics = &gw.metrics.channels;
+    metrics
+        .sockets
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .sockets_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let reason = tracing::Instrument::instrument(socket.pump(ws, rx), span).await;
+    metrics
+        .sockets
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.closed(reason);
+}
+
+/// Sleeps until `at`, or forever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Socket {
+    async fn pump(
+        mut self,
+        ws: HyperWebsocketStream,
+        mut rx: mpsc::Receiver<Message>,
+    ) -> CloseReason {
+        let (mut sink, mut stream) = ws.split();
+        let idle = self.ch.settings.idle_timeout;
+        let write_timeout = self.gw.settings.server.write_timeout;
+        let mut last_seen = Instant::now();
+        let reason = loop {
+            let next_expiry = self.joined.values().filter_map(|j| j.expires).min();
+            tokio::select! {
+                biased;
+                _ = self.gw.shutdown.cancelled() => {
+                    break close(&mut sink, &mut stream, Close::SHUTDOWN).await;
+                }
+                why = self.control.killed() => {
+                    break close(&mut sink, &mut stream, Close::for_kill(why)).await;
+                }
+                Some(first) = rx.recv() => {
+                    let written = tokio::select! {
+                        r = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut rx, first, &self.control)) => r,
+                        why = self.control.killed() => {
+                            break close(&mut sink, &mut stream, Close::for_kill(why)).await;
+                        }
+                    };
+                    match written {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => break CloseReason::ConnectionLost,
+                        Err(_) => break CloseReason::WriteTimeout,
+                    }
+                }
+                _ = tokio::time::sleep_until(last_seen + idle) => {
+                    // 1001, not 1000: phoenix.js reconnects after 1001.
+                    break close(&mut sink, &mut stream, Close::IDLE).await;
+                }
+                _ = until(next_expiry) => self.expire_tokens().await,
+                frame = stream.next() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            match phoenix::decode_text(text.as_str()) {
+                                Ok(f) => self.on_frame(f).await,
+                                Err(_) => {
+                                    if let Some(close_with) = self.bad_frame() {
+                                        break close(&mut sink, &mut stream, close_with).await;
+                                    }
+                                }
+                            }
+                        }
+                        Some(Ok(Message::Binary(data))) => match phoenix::decode_binary(&data) {
+                            Ok(f) => self.on_frame(f).await,
+                            Err(_) => {
+                                if let Some(close_with) = self.bad_frame() {
+                                    break close(&mut sink, &mut stream, close_with).await;
+                                }
+                            }
+                        },
+                        Some(Ok(Message::Close(_))) => {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), sink.flush()).await;
+                            break CloseReason::ClientClosed;
+                        }
+                        Some(Ok(Message::Ping(_))) => {
+                            let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            let (reply, why) = close_for_read_error(&e);
+                            if let Some(reply) = reply {
+                                close(&mut sink, &mut stream, reply).await;
+                            }
+                            break why;
+                        }
+                        None => break CloseReason::ConnectionLost,
+                    }
+                }
+            }
+        };
+        let topics: Vec<String> = self.joined.keys().cloned().collect();
+        for topic in topics {
+            self.leave_topic(&topic).await;
+        }
+        reason
+    }
+
+    /// Counts a bad frame; past the limit, the close to send.
+    fn bad_frame(&mut self) -> Option<Close> {
+        self.ch.metrics().dropped(ChannelDrop::BadFrame);
+        self.bad_frames += 1;
+        (self.bad_frames >= MAX_BAD_FRAMES).then_some(Close {
+            code: 1007,
+            reason: "too many malformed frames",
+            why: CloseReason::ProtocolError,
+        })
+    }
+
+    /// Queues a frame for this socket; a full queue closes it as a slow client.
+    fn send(&self, text: String) {
+        if self.tx.try_send(Message::text(text)).is_err() {
+            self.ch.metrics().dropped(ChannelDrop::SlowClient);
+            self.control.kill(CloseReason::SlowClient);
+        }
+    }
+
+    async fn on_frame(&mut self, f: InFrame<'_>) {
+        let (topic, event) = (&*f.topic, &*f.event);
+        if topic == "phoenix" {
+            if event == "heartbeat" {
+                self.send(phoenix::reply(
+                    None,
+                    f.reference.as_deref(),
+                    topic,
+                    "ok",
+                    "{}",
+                ));
+            }
+            return;
+        }
+        match event {
+            "phx_join" => self.join(&f).await,
+            "phx_leave" => {
+                self.send(phoenix::reply(
+                    f.join_ref.as_deref(),
+                    f.reference.as_deref(),
+                    topic,
+                    "ok",
+                    "{}",
+                ));
+                if self.joined.contains_key(topic) {
+                    self.close_channel(topic);
+                    self.leave_topic(topic).await;
+                }
+            }
+            // Lifecycle and presence events are the gateway's, never a client's to publish.
+            e if e.starts_with("phx_") || e.starts_with("presence_") || e == "heartbeat" => {
+                self.ch.metrics().dropped(ChannelDrop::ReservedEvent);
+            }
+            _ => self.push(&f).await,
+        }
+    }
+
+    fn close_channel(&self, topic: &str) {
+        if let Some(j) = self.joined.get(topic) {
+            self.send(phoenix::close(&j.join_ref, topic));
+        }
+    }
+
+    async fn join(&mut self, f: &InFrame<'_>) {
+        let topic = &*f.topic;
+        let join_ref = f
+            .join_ref
+            .as_deref()
+            .or(f.reference.as_deref())
+            .unwrap_or("");
+        let refuse = |this: &Self, reason: &str, result: JoinResult| {
+            this.ch.metrics().join(result);
+            this.send(phoenix::error_reply(
+                f.join_ref.as_deref(),
+                f.reference.as_deref(),
+                topic,
+                reason,
+            ));
+        };
+        if !phoenix::valid_topic(topic) {
+            return refuse(self, "invalid topic", JoinResult::InvalidTopic);
+        }
+        let claims = match f.payload.str_field("token") {
+            Some(token) => self.ch.verifier.verify(&token).ok(),
+            None => self.credential.clone(),
+        };
+        let Some(claims) = claims else {
+            return refuse(self, "unauthorized", JoinResult::Unauthorized);
+        };
+        let admin_ok =
+            topic != "admin" || claims.map.get("admin") == Some(&serde_json::Value::Bool(true));
+        if !phoenix::scope_covers(&claims.map, topic) || !admin_ok {
+            return refuse(self, "forbidden", JoinResult::Forbidden);
+        }
+        // Joining again replaces the old membership, as Phoenix does.
+        if self.joined.contains_key(topic) {
+            self.close_channel(topic);
+            self.leave_topic(topic).await;
+        }
+        if self.joined.len() >= self.ch.settings.max_topics_per_socket {
+            return refuse(
+                self,
+                "too many channels joined",
+                JoinResult::TooManyChannels,
+            );
+        }
+        if !self.gw.is_ready() {
+            return refuse(self, "unavailable", JoinResult::Unavailable);
+        }
+        let key: Arc<str> = claims
+            .map
+            .get("id")
+            .or_else(|| claims.map.get("sub"))
+            .and_then(|v| v.as_str())
+            .unwrap_or(&self.conn)
+            .into();
+        let meta: Arc<str> = serde_json::json!({
+            "phx_ref": format!("{}:{}:{}", self.gw.node, self.conn, join_ref),
+            "node": self.gw.node.as_str(),
+            "online_at": crate::auth::now_secs() * 1000,
+        })
+        .to_string()
+        .into();
+        let member = Member {
+            conn: self.conn.clone(),
+            join_ref: join_ref.into(),
+            tx: self.tx.clone(),
+            control: self.control.clone(),
+            key: key.clone(),
+            meta: meta.clone(),
+        };
+        if self.ch.hub.join(topic, member) && !self.ch.subscribe(topic).await {
+            self.ch.hub.leave(topic, &self.conn);
+            return refuse(self, "unavailable", JoinResult::Unavailable);
+        }
+        let expires = claims.time_left().map(|left| Instant::now() + left);
+        self.joined.insert(
+            topic.to_owned(),
+            Joined {
+                join_ref: join_ref.into(),
+                key: key.clone(),
+                meta: meta.clone(),
+                expires,
+            },
+        );
+        self.ch.metrics().join(JoinResult::Ok);
+        let response = serde_json::json!({ "id": format!("{}:{}:{}", self.conn, topic, join_ref) });
+        self.send(phoenix::reply(
+            Some(join_ref),
+            f.reference.as_deref(),
+            topic,
+            "ok",
+            &response.to_string(),
+        ));
+        let state = self.ch.hub.presence_state(topic);
+        self.send(phoenix::push(
+            Some(join_ref),
+            topic,
+            "presence_state",
+            &state,
+        ));
+        self.publish_presence(topic, &key, &meta, "joins").await;
+        self.note(topic, &key, "join").await;
+    }
+
+    async fn push(&mut self, f: &InFrame<'_>) {
+        let topic = &*f.topic;
+        let current = self.joined.get(topic).map(|j| j.join_ref.clone());
+        if current.is_none() || f.join_ref.as_deref() != current.as_deref() {
+            self.ch.metrics().dropped(ChannelDrop::UnmatchedTopic);
+            self.send(phoenix::error_reply(
+                f.join_ref.as_deref(),
+                f.reference.as_deref(),
+                topic,
+                "unmatched topic",
+            ));
+            return;
+        }
+        let channel = format!("from:{topic}:{}", f.event);
+        let bytes = Bytes::copy_from_slice(f.payload.bytes());
+        let mut p = Publish::new(channel, bytes, Tag::Channel);
+        if !self.ch.settings.ack_pushes {
+            self.gw.publisher.publish(self.shard, p).await;
+            return;
+        }
+        let (ack, done) = oneshot::channel();
+        p.ack = Some(ack);
+        self.gw.publisher.publish(self.shard, p).await;
+        let ok = done.await.unwrap_or(false);
+        let (jr, r) = (f.join_ref.as_deref(), f.reference.as_deref());
+        self.send(if ok {
+            phoenix::reply(jr, r, topic, "ok", "{}")
+        } else {
+            phoenix::error_reply(jr, r, topic, "unavailable")
+        });
+    }
+
+    /// Leaves a joined topic: out of the hub (unsubscribing after the last local member), and
+    /// its presence leave published.
+    async fn leave_topic(&mut self, topic: &str) {
+        let Some(j) = self.joined.remove(topic) else {
+            return;
+        };
+        if self.ch.hub.leave(topic, &self.conn) {
+            self.ch.unsubscribe(topic);
+        }
+        self.publish_presence(topic, &j.key, &j.meta, "leaves")
+            .await;
+        self.note(topic, &j.key, "leave").await;
+    }
+
+    /// A membership whose token expired gets `phx_error`: the client rejoins with a fresh token.
+    async fn expire_tokens(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<(String, Arc<str>)> = self
+            .joined
+            .iter()
+            .filter(|(_, j)| j.expires.is_some_and(|e| e <= now))
+            .map(|(t, j)| (t.clone(), j.join_ref.clone()))
+            .collect();
+        for (topic, join_ref) in expired {
+            self.send(phoenix::push(
+                Some(&join_ref),
+                &topic,
+                "phx_error",
+                "{\"reason\":\"token expired\"}",
+            ));
+            self.leave_topic(&topic).await;
+        }
+    }
+
+    /// `to:<topic>:presence_diff`, through Redis so every node's members see it.
+    async fn publish_presence(&self, topic: &str, key: &str, meta: &str, side: &str) {
+        let entry = format!(
+            "{{{}:{{\"metas\":[{meta}]}}}}",
+            serde_json::to_string(key).expect("str")
+        );
+        let (joins, leaves) = if side == "joins" {
+            (entry.as_str(), "{}")
+        } else {
+            ("{}", entry.as_str())
+        };
+        let payload = format!("{{\"joins\":{joins},\"leaves\":{leaves}}}");
+        let p = Publish::new(format!("to:{topic}:presence_diff"), payload, Tag::Channel);
+        self.gw.publisher.publish(self.shard, p).await;
+    }
+
+    /// A lifecycle note for backends, never with a token.
+    async fn note(&self, topic: &str, key: &str, event: &str) {
+        let channel = &self.ch.settings.lifecycle_channel;
+        if channel.is_empty() {
+            return;
+        }
+        let payload = serde_json::json!({
+            "node": self.gw.node.as_str(), "conn": &*self.conn, "id": key, "topic": topic, "event": event,
+        });
+        let p = Publish::new(channel.as_str(), payload.to_string(), Tag::Channel);
+        self.gw.publisher.publish(self.shard, p).await;
+    }
+}
