@@ -1,0 +1,68 @@
+//! refract-bench: the load generator, echo service and fan-out driver behind `bench/run.sh`.
+//!
+//! Every subcommand speaks only the Prism wire format (WebSocket text frames on the client side,
+//! JSON on Redis pub/sub on the service side), so the same harness measures any gateway that
+//! speaks it. Each measuring subcommand prints one JSON object on stdout; logs go to stderr.
+//!
+//! - [`echo`]: the service: answers every `message` event on its request channel.
+//! - [`ceiling`]: the same closed loop without a gateway, straight to Redis.
+//! - [`ws`]: the closed loop through a gateway over real WebSockets.
+//! - [`idle`]: many idle connections: accept time, gateway memory, a round trip while held.
+//! - [`fanout`]: one "publish" delivered to every connection (the Channels stand-in).
+
+mod ceiling;
+mod common;
+mod echo;
+mod fanout;
+mod idle;
+mod ws;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "refract-bench",
+    about = "Benchmarks for refract and any Prism gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The echo service: SUBSCRIBE the request channel, answer each `message` event on its
+    /// `responseChannel` with the same text.
+    Echo(echo::Args),
+    /// Closed loop without a gateway: virtual clients PUBLISH `message` events, one subscriber
+    /// routes the replies back by id.
+    Ceiling(ceiling::Args),
+    /// Closed loop through a gateway: WebSocket clients send text and await its echo.
+    Ws(ws::Args),
+    /// Hold many idle connections; measure accept time, gateway RSS and a round trip.
+    Idle(idle::Args),
+    /// Broadcast one reply to every connection of a route, by id; measure publish-to-last.
+    Fanout(fanout::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    // Thousands of sockets per process: take the whole hard limit.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX)?;
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Echo(a) => echo::run(a).await,
+            Command::Ceiling(a) => ceiling::run(a).await,
+            Command::Ws(a) => ws::run(a).await,
+            Command::Idle(a) => idle::run(a, nofile).await,
+            Command::Fanout(a) => fanout::run(a).await,
+        }
+    })?;
+    println!("{result}");
+    // Do not wait for lingering sockets or tasks: the measurement is printed.
+    runtime.shutdown_background();
+    Ok(())
+}
