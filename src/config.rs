@@ -83,6 +83,39 @@ pub struct ChannelsSettings {
     pub lifecycle_channel: String,
     pub token_endpoint: Option<TokenEndpointSettings>,
     pub system: Option<SystemTopicSettings>,
+    pub presence: PresenceSettings,
+}
+
+/// `[channels.presence]`: presence across nodes (docs/channels.md, "Presence").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// A node's liveness key lives this long unless refreshed; after it, the node's members
+    /// are removed by the others.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often a node refreshes its liveness key and sweeps dead nodes' entries.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Most metas listed in one `presence_state`.
+    pub max_listed: usize,
+    /// Largest `meta` object a join may add to its presence meta (bytes of JSON).
+    pub max_meta_size: usize,
+    /// How often the `admin` topic gets the gateway's stats.
+    #[serde(with = "humantime_serde")]
+    pub admin_interval: Duration,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15),
+            refresh_interval: Duration::from_secs(5),
+            max_listed: 1000,
+            max_meta_size: 1024,
+            admin_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for ChannelsSettings {
@@ -104,6 +137,7 @@ impl Default for ChannelsSettings {
             lifecycle_channel: "refract:channels:lifecycle".into(),
             token_endpoint: None,
             system: None,
+            presence: PresenceSettings::default(),
         }
     }
 }
@@ -639,6 +673,16 @@ impl Settings {
                     "\"*\" is not allowed: list the origins",
                 ));
             }
+        }
+        let p = &ch.presence;
+        nonzero("channels.presence.refresh_interval", p.refresh_interval)?;
+        nonzero("channels.presence.admin_interval", p.admin_interval)?;
+        positive("channels.presence.max_listed", p.max_listed)?;
+        if p.ttl <= p.refresh_interval {
+            return Err(ConfigError::new(
+                "channels.presence.ttl",
+                "must be longer than refresh_interval, or live nodes look dead",
+            ));
         }
         if let Some(s) = &ch.system {
             nonzero("channels.system.datetime_interval", s.datetime_interval)?;

@@ -225,6 +225,8 @@ pub struct ChannelMetrics {
     /// Messages received from `to:*`, and frames fanned out from them to sockets.
     pub messages_in: AtomicU64,
     pub frames_out: AtomicU64,
+    /// Presence entries of dead nodes removed by this node's sweeps.
+    pub presence_swept: AtomicU64,
     drops: Box<[AtomicU64]>,
     closes: Box<[AtomicU64]>,
 }
@@ -240,6 +242,7 @@ impl ChannelMetrics {
             publishes_lost: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
+            presence_swept: AtomicU64::new(0),
             drops: counters(ChannelDrop::ALL.len()),
             closes: counters(CloseReason::ALL.len()),
         }
@@ -345,6 +348,14 @@ impl ChannelMetrics {
             &[],
             self.frames_out.load(Relaxed),
         );
+        let swept = "refract_channels_presence_swept_total";
+        header(
+            out,
+            swept,
+            "counter",
+            "Presence entries of dead nodes this node removed",
+        );
+        sample(out, swept, &[], self.presence_swept.load(Relaxed));
         header(
             out,
             "refract_channels_dropped_total",

@@ -36,6 +36,20 @@ impl Payload<'_> {
         }
     }
 
+    /// An object field of a JSON object payload, with its size in bytes (for `meta`).
+    pub fn object_field(
+        &self,
+        name: &str,
+    ) -> Option<(serde_json::Map<String, serde_json::Value>, usize)> {
+        let Payload::Json(text) = self else {
+            return None;
+        };
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let field = v.get(name)?;
+        let size = field.to_string().len();
+        field.as_object().cloned().map(|o| (o, size))
+    }
+
     /// A non-empty string field of a JSON object payload (for `token` in `phx_join`).
     pub fn str_field(&self, name: &str) -> Option<String> {
         let Payload::Json(text) = self else {

@@ -113,6 +113,11 @@ impl Publisher {
         self.recoveries.fetch_add(1, Relaxed);
     }
 
+    /// How many times Redis has been proven reachable again; a change means it came back.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Relaxed)
+    }
+
     /// The pool, for one-off commands (the readiness canary).
     pub fn pool(&self) -> &Pool {
         &self.pool

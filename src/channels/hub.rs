@@ -1,7 +1,7 @@
 //! Topic membership on this node, and fan-out: one message from `to:<topic>:<event>` becomes a
 //! frame for every local member of the topic, encoded once per distinct `join_ref` and shared.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -71,28 +71,12 @@ impl Hub {
         self.topics.contains_key(topic)
     }
 
-    /// Local members of a topic, `{key: {"metas": [meta, ...]}}`.
-    pub fn presence_state(&self, topic: &str) -> String {
-        let mut by_key: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
-        if let Some(members) = self.topics.get(topic) {
-            for m in members.iter() {
-                by_key
-                    .entry(m.key.clone())
-                    .or_default()
-                    .push(m.meta.clone());
-            }
-        }
-        let entries: Vec<String> = by_key
+    /// Every topic's local members, for re-writing presence after Redis recovers.
+    pub fn snapshot(&self) -> Vec<(String, Vec<Member>)> {
+        self.topics
             .iter()
-            .map(|(key, metas)| {
-                format!(
-                    "{}:{{\"metas\":[{}]}}",
-                    serde_json::to_string(&**key).expect("strings serialize"),
-                    metas.join(",")
-                )
-            })
-            .collect();
-        format!("{{{}}}", entries.join(","))
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// Delivers one message from Redis to every local member of `topic`. JSON payloads go out as

@@ -1,12 +1,14 @@
 //! Channels: a Phoenix Channels endpoint bridged to Redis (`docs/channels.md`).
 //!
 //! - [`socket`]: one Phoenix socket: heartbeat, join/leave, pushes to `from:<topic>:<event>`.
-//! - [`hub`]: topic membership on this node, fan-out, local presence.
+//! - [`hub`]: topic membership on this node, and fan-out.
+//! - [`presence`]: presence across nodes, kept in Redis; dead-node sweeps; the `admin` stats.
 //! - [`bridge`]: the node's one pub/sub connection for `to:<topic>:*`.
 //! - [`token`]: the token endpoint.
 
 pub mod bridge;
 pub mod hub;
+pub mod presence;
 pub mod socket;
 pub mod token;
 

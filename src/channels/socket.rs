@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::auth::Claims;
 use crate::channels::Channels;
 use crate::channels::hub::Member;
+use crate::channels::presence;
 use crate::error::{Close, close_for_read_error};
 use crate::ids::ConnectionId;
 use crate::metrics::{ChannelDrop, CloseReason, JoinResult};
@@ -90,6 +91,11 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, upgrade: HyperWebsocket, a
         .sockets
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     metrics.closed(reason);
+}
+
+/// A membership's presence reference: unique across nodes, sockets and rejoins.
+pub fn phx_ref(gw: &Gateway, conn: &str, join_ref: &str) -> String {
+    format!("{}:{conn}:{join_ref}", gw.node)
 }
 
 /// Sleeps until `at`, or forever.
@@ -301,13 +307,19 @@ impl Socket {
             .and_then(|v| v.as_str())
             .unwrap_or(&self.conn)
             .into();
-        let meta: Arc<str> = serde_json::json!({
-            "phx_ref": format!("{}:{}:{}", self.gw.node, self.conn, join_ref),
-            "node": self.gw.node.as_str(),
-            "online_at": crate::auth::now_secs() * 1000,
-        })
-        .to_string()
-        .into();
+        // The client's own `meta`, if any, under the gateway's fields (which always win).
+        let mut meta = match f.payload.object_field("meta") {
+            Some((_, size)) if size > self.ch.settings.presence.max_meta_size => {
+                return refuse(self, "invalid meta", JoinResult::Forbidden);
+            }
+            Some((extra, _)) => extra,
+            None => serde_json::Map::new(),
+        };
+        let phx_ref = phx_ref(&self.gw, &self.conn, join_ref);
+        meta.insert("phx_ref".into(), phx_ref.clone().into());
+        meta.insert("node".into(), self.gw.node.as_str().into());
+        meta.insert("online_at".into(), (crate::auth::now_secs() * 1000).into());
+        let meta: Arc<str> = serde_json::Value::Object(meta).to_string().into();
         let member = Member {
             conn: self.conn.clone(),
             join_ref: join_ref.into(),
@@ -316,10 +328,17 @@ impl Socket {
             key: key.clone(),
             meta: meta.clone(),
         };
-        if self.ch.hub.join(topic, member) && !self.ch.subscribe(topic).await {
-            self.ch.hub.leave(topic, &self.conn);
+        let subscribed = !self.ch.hub.join(topic, member) || self.ch.subscribe(topic).await;
+        let added = match subscribed {
+            true => presence::join(&self.gw, topic, &phx_ref, &key, &meta, false).await,
+            false => None,
+        };
+        let Some(added) = added else {
+            if self.ch.hub.leave(topic, &self.conn) {
+                self.ch.unsubscribe(topic);
+            }
             return refuse(self, "unavailable", JoinResult::Unavailable);
-        }
+        };
         let expires = claims.time_left().map(|left| Instant::now() + left);
         self.joined.insert(
             topic.to_owned(),
@@ -339,14 +358,22 @@ impl Socket {
             "ok",
             &response.to_string(),
         ));
-        let state = self.ch.hub.presence_state(topic);
+        // The whole topic, every node's members, after the ok; then everyone hears the join.
+        let max = self.ch.settings.presence.max_listed;
+        let state = presence::state(&self.gw, topic, max)
+            .await
+            .unwrap_or_else(|| "{}".into());
         self.send(phoenix::push(
             Some(join_ref),
             topic,
             "presence_state",
             &state,
         ));
-        self.publish_presence(topic, &key, &meta, "joins").await;
+        if added {
+            let diff = presence::diff(&key, &meta, true);
+            let p = Publish::new(format!("to:{topic}:presence_diff"), diff, Tag::Channel);
+            self.gw.publisher.publish(self.shard, p).await;
+        }
         self.note(topic, &key, "join").await;
     }
 
@@ -391,8 +418,8 @@ impl Socket {
         if self.ch.hub.leave(topic, &self.conn) {
             self.ch.unsubscribe(topic);
         }
-        self.publish_presence(topic, &j.key, &j.meta, "leaves")
-            .await;
+        let phx_ref = phx_ref(&self.gw, &self.conn, &j.join_ref);
+        presence::leave(&self.gw, topic, &phx_ref, &j.key, &j.meta).await;
         self.note(topic, &j.key, "leave").await;
     }
 
@@ -414,22 +441,6 @@ impl Socket {
             ));
             self.leave_topic(&topic).await;
         }
-    }
-
-    /// `to:<topic>:presence_diff`, through Redis so every node's members see it.
-    async fn publish_presence(&self, topic: &str, key: &str, meta: &str, side: &str) {
-        let entry = format!(
-            "{{{}:{{\"metas\":[{meta}]}}}}",
-            serde_json::to_string(key).expect("str")
-        );
-        let (joins, leaves) = if side == "joins" {
-            (entry.as_str(), "{}")
-        } else {
-            ("{}", entry.as_str())
-        };
-        let payload = format!("{{\"joins\":{joins},\"leaves\":{leaves}}}");
-        let p = Publish::new(format!("to:{topic}:presence_diff"), payload, Tag::Channel);
-        self.gw.publisher.publish(self.shard, p).await;
     }
 
     /// A lifecycle note for backends, never with a token.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+pub mod phx;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
