@@ -218,25 +218,8 @@ impl Session {
                         }
                         continue;
                     }
-                    match frame {
-                        Some(Ok(Message::Close(_))) => {
-                            // tungstenite queued the close reply; flushing sends it.
-                            let _ = tokio::time::timeout(CLOSE_LINGER, sink.flush()).await;
-                            return CloseReason::ClientClosed;
-                        }
-                        // Pings are answered by tungstenite on the next write or flush.
-                        Some(Ok(Message::Ping(_))) => {
-                            let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            let (reply, why) = close_for_read_error(&e);
-                            if let Some(reply) = reply {
-                                close(&mut sink, &mut stream, reply).await;
-                            }
-                            return why;
-                        }
-                        None => return CloseReason::ConnectionLost,
+                    if let Some(why) = on_control_frame(frame, &mut sink, &mut stream, write_timeout).await {
+                        return why;
                     }
                 }
             }
@@ -271,6 +254,38 @@ impl Session {
             let p = Publish::new(channel.clone(), payload.clone(), tag);
             self.gw.publisher.publish(self.shard, p).await;
         }
+    }
+}
+
+/// Handles what a client sent that is not data: a close (answered), a ping (answered), a read
+/// error (closed with the code it deserves) or the end of the stream. Returns why the connection
+/// ended, or `None` to go on.
+pub(crate) async fn on_control_frame(
+    frame: Option<Result<Message, hyper_tungstenite::tungstenite::Error>>,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    write_timeout: Duration,
+) -> Option<CloseReason> {
+    match frame {
+        Some(Ok(Message::Close(_))) => {
+            // tungstenite queued the close reply; flushing sends it.
+            let _ = tokio::time::timeout(CLOSE_LINGER, sink.flush()).await;
+            Some(CloseReason::ClientClosed)
+        }
+        // Pings are answered by tungstenite on the next write or flush.
+        Some(Ok(Message::Ping(_))) => {
+            let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+            None
+        }
+        Some(Ok(_)) => None,
+        Some(Err(e)) => {
+            let (reply, why) = close_for_read_error(&e);
+            if let Some(reply) = reply {
+                close(sink, stream, reply).await;
+            }
+            Some(why)
+        }
+        None => Some(CloseReason::ConnectionLost),
     }
 }
 

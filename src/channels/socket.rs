@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
 use tokio::sync::{mpsc, oneshot};
@@ -16,13 +15,13 @@ use crate::auth::Claims;
 use crate::channels::Channels;
 use crate::channels::hub::Member;
 use crate::channels::presence;
-use crate::error::{Close, close_for_read_error};
+use crate::error::Close;
 use crate::ids::ConnectionId;
 use crate::metrics::{ChannelDrop, CloseReason, JoinResult};
 use crate::phoenix::{self, InFrame};
 use crate::publisher::{Publish, Tag};
 use crate::registry::Control;
-use crate::session::{close, write_batch};
+use crate::session::{close, on_control_frame, write_batch};
 use crate::{ConnectionSlot, Gateway};
 
 /// Bad frames tolerated before the socket is closed with 1007.
@@ -165,22 +164,11 @@ impl Socket {
                                 }
                             }
                         },
-                        Some(Ok(Message::Close(_))) => {
-                            let _ = tokio::time::timeout(Duration::from_secs(2), sink.flush()).await;
-                            break CloseReason::ClientClosed;
-                        }
-                        Some(Ok(Message::Ping(_))) => {
-                            let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            let (reply, why) = close_for_read_error(&e);
-                            if let Some(reply) = reply {
-                                close(&mut sink, &mut stream, reply).await;
+                        other => {
+                            if let Some(why) = on_control_frame(other, &mut sink, &mut stream, write_timeout).await {
+                                break why;
                             }
-                            break why;
                         }
-                        None => break CloseReason::ConnectionLost,
                     }
                 }
             }
