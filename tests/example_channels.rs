@@ -1,0 +1,159 @@
+//! The documented Channels example backend (docs/examples/channels_backend.py) against the real
+//! gateway, driven the way docs/examples/channels.html drives it: a token from `POST /token`,
+//! the socket credential in the query, a join of `room:lobby`, a `say` push.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+fn python() -> String {
+    std::env::var("REFRACT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The `[channels]` part of the example config, as a test can run it.
+const CHANNELS: &str = r#"
+[channels]
+endpoint = "/socket"
+jwt_secret = "example-channels-test-secret-0123456789"
+idle_timeout = "60s"
+
+[channels.token_endpoint]
+path = "/token"
+open = true
+cors_origins = ["http://localhost:8080"]
+"#;
+
+/// A raw Phoenix V2 client: frames are `[join_ref, ref, topic, event, payload]`.
+struct Phx {
+    ws: Client,
+    next_ref: u64,
+}
+
+impl Phx {
+    fn make_ref(&mut self) -> String {
+        self.next_ref += 1;
+        self.next_ref.to_string()
+    }
+
+    async fn send(&mut self, join_ref: Option<&str>, topic: &str, event: &str, payload: Value) {
+        let r = self.make_ref();
+        let frame = json!([join_ref, r, topic, event, payload]);
+        self.ws.send(&frame.to_string()).await;
+    }
+
+    /// The next frame with this event, skipping others (presence diffs, ticks and the like).
+    async fn recv_event(&mut self, event: &str) -> Value {
+        loop {
+            let frame: Value = match self.ws.recv().await {
+                Message::Text(t) => serde_json::from_str(&t).unwrap(),
+                other => panic!("expected a text frame, got {other:?}"),
+            };
+            if frame[3] == event {
+                return frame;
+            }
+        }
+    }
+}
+
+/// `POST /token` as the page does it, from the example's allowed origin.
+async fn fetch_token(gw: &Gateway, user: &str) -> String {
+    let body = json!({"channel": "room:lobby", "id": user}).to_string();
+    let (status, answer) = http_request(
+        gw.addr,
+        &format!(
+            "POST /token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: http://localhost:8080\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (&answer["id"], &answer["channel"]),
+        (&json!(user), &json!("room:lobby"))
+    );
+    answer["token"].as_str().expect("a token").to_string()
+}
+
+#[tokio::test]
+async fn the_python_channels_example_answers_says_and_ticks() {
+    let redis = Redis::start().await;
+    let gw = Gateway::start_unready(&redis.url(), CHANNELS, "").await;
+    gw.wait_ready().await;
+
+    let mut backend = tokio::process::Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/examples/channels_backend.py"
+        ))
+        .args(["--redis-url", &redis.url(), "--interval", "0.2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with redis-py (pip install -r docs/examples/requirements.txt)");
+    let mut out = BufReader::new(backend.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, out.next_line())
+        .await
+        .expect("backend starts")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("channels_backend ready"));
+
+    let user = format!("user-{}", free_port());
+    let token = fetch_token(&gw, &user).await;
+    // new Socket("/socket", {params: {token}}) connects here; the join falls back to that token.
+    let ws = Client::connect(&format!(
+        "ws://{}/socket/websocket?token={token}&vsn=2.0.0",
+        gw.addr
+    ))
+    .await;
+    let mut phx = Phx { ws, next_ref: 0 };
+    let join_ref = phx.make_ref();
+    let join = json!([join_ref, join_ref, "room:lobby", "phx_join", {}]);
+    phx.ws.send(&join.to_string()).await;
+    let reply = phx.recv_event("phx_reply").await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    let state = phx.recv_event("presence_state").await;
+    assert_eq!(
+        state[4][&user]["metas"].as_array().map(Vec::len),
+        Some(1),
+        "{state}"
+    );
+
+    phx.send(Some(&join_ref), "room:lobby", "say", json!({"text": "hi"}))
+        .await;
+    let said = phx.recv_event("said").await;
+    assert_eq!(
+        (&said[0], &said[1], &said[2]),
+        (&json!(join_ref), &Value::Null, &json!("room:lobby"))
+    );
+    assert_eq!(said[4]["text"], "hi", "{said}");
+    assert!(
+        said[4]["at"].as_str().is_some_and(|at| at.contains('T')),
+        "{said}"
+    );
+
+    let tick = phx.recv_event("tick").await;
+    assert!(tick[4]["n"].as_u64().is_some_and(|n| n >= 1), "{tick}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &backend.id().unwrap().to_string()])
+        .status();
+    let status = tokio::time::timeout(WAIT, backend.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the example exits cleanly on SIGTERM");
+    // Leave as a browser tab does, so the gateway stops without waiting out its grace period.
+    phx.ws.ws.close(None).await.unwrap();
+    let drained = tokio::time::timeout(WAIT, async { while phx.ws.ws.next().await.is_some() {} });
+    drained.await.expect("the gateway completes the close");
+    gw.stop().await;
+}
