@@ -117,6 +117,7 @@ fn main() -> ExitCode {
         )
         .init();
 
+    raise_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -194,6 +195,15 @@ async fn serve(settings: refract::Settings) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     refract::run(settings, listener, shutdown).await?;
     Ok(())
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard one, so the process
+/// can hold as many connections as the system allows without a `ulimit` in front of it.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
 }
 
 /// The first SIGTERM or Ctrl-C starts a graceful shutdown; a second one exits at once.
