@@ -61,6 +61,10 @@ fn main() -> anyhow::Result<()> {
             Command::Fanout(a) => fanout::run(a).await,
         }
     })?;
+    let mut result = result;
+    if let Some(obj) = result.as_object_mut() {
+        obj.insert("loadgen_cpu_s".into(), common::cpu_seconds("self").into());
+    }
     println!("{result}");
     // Do not wait for lingering sockets or tasks: the measurement is printed.
     runtime.shutdown_background();

@@ -138,9 +138,13 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         }));
     }
     drop(ready_tx);
+    // Every client reports once, connected or not; the senders live on in the tasks.
     let mut connected = 0;
-    while let Some(ok) = ready_rx.recv().await {
-        connected += usize::from(ok);
+    for _ in 0..args.conns {
+        match ready_rx.recv().await {
+            Some(ok) => connected += usize::from(ok),
+            None => break,
+        }
     }
     let setup = setup_start.elapsed();
     if connected == 0 {
