@@ -90,8 +90,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Ready: the data plane through Redis works (the canary came back), and with Channels, a
+    /// previous process's presence entries under this node id are cleared.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self
+                .channels
+                .as_ref()
+                .is_none_or(|c| c.presence_ready.load(Ordering::Acquire))
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -267,8 +267,14 @@ async fn the_gateway_raises_its_open_file_limit_to_the_hard_limit() {
     let redis = Redis::start().await;
     let node = Node::start(&redis.url(), Some("fd-node"), "", QUOTES).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
     let fields: Vec<&str> = line.split_whitespace().collect();
     // "Max open files  <soft>  <hard>  files"
-    assert_eq!(fields[3], fields[4], "soft limit raised to the hard one: {line}");
+    assert_eq!(
+        fields[3], fields[4],
+        "soft limit raised to the hard one: {line}"
+    );
 }

@@ -189,3 +189,24 @@ fn connections(stats: &Value) -> u64 {
         .map(|n| n["connections"].as_u64().unwrap())
         .sum()
 }
+
+#[tokio::test]
+async fn a_node_restarted_under_the_same_id_clears_its_previous_members() {
+    let redis = Redis::start().await;
+    let observer_node = node(&redis).await;
+    let mut a = Node::start(&redis.url(), Some("steady-id"), "", &config()).await;
+    let (mut observer, _, _) = member(&observer_node, "watcher", json!({})).await;
+    let (_ghost, _, _) = member(&a, "ghost", json!({})).await;
+    diff_for(&mut observer, "joins", "ghost").await;
+
+    // Killed and back under the same id before its liveness key could expire.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let addr = a.addr;
+    let a = Node::start_at(&redis.url(), Some("steady-id"), addr, &config()).await;
+    diff_for(&mut observer, "leaves", "ghost").await;
+    let (_, _, state) = member(&a, "newcomer", json!({})).await;
+    let mut keys: Vec<&String> = state.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["newcomer", "watcher"]);
+}

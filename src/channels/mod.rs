@@ -46,6 +46,9 @@ pub struct Channels {
     bridge: mpsc::UnboundedSender<bridge::Cmd>,
     metrics: Arc<Metrics>,
     command_timeout: Duration,
+    /// Set once a previous process's presence entries under this node id are cleared; joins
+    /// wait for it (answered `unavailable`, which phoenix.js retries).
+    pub presence_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Channels {
@@ -79,6 +82,7 @@ impl Channels {
             bridge: tx,
             metrics,
             command_timeout,
+            presence_ready: std::sync::atomic::AtomicBool::new(false),
         };
         (Arc::new(ch), rx)
     }

@@ -65,7 +65,8 @@ if removed == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[4]) end
 return removed";
 
-/// For one topic: remove every entry whose node is dead, and publish their leaves in one diff.
+/// For one topic: remove every entry whose node is dead (no liveness key), or is ARGV[3] (this
+/// node's previous life, at start-up), and publish their leaves in one diff.
 const SWEEP: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
 local leaves = {}
@@ -73,7 +74,7 @@ local removed = 0
 for i = 1, #all, 2 do
   local ok, e = pcall(cjson.decode, all[i + 1])
   local node = ok and type(e) == 'table' and type(e.meta) == 'table' and e.meta.node
-  if type(node) == 'string' and redis.call('EXISTS', 'refract:node:' .. node) == 0 then
+  if type(node) == 'string' and (node == ARGV[3] or redis.call('EXISTS', 'refract:node:' .. node) == 0) then
     redis.call('HDEL', KEYS[1], all[i])
     removed = removed + 1
     leaves[e.key] = leaves[e.key] or {metas = {}}
@@ -181,6 +182,18 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen_recoveries = gw.publisher.recoveries();
     let mut admin_due = tokio::time::Instant::now();
+    // Before this node takes joins: clear what a previous process with the same id left.
+    loop {
+        if sweep(&gw, true).await {
+            ch.presence_ready
+                .store(true, std::sync::atomic::Ordering::Release);
+            break;
+        }
+        tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(p.refresh_interval) => {}
+        }
+    }
     loop {
         tokio::select! {
             _ = gw.shutdown.cancelled() => return,
@@ -211,7 +224,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>) {
             seen_recoveries = recoveries;
             rewrite_local(&gw, &ch).await;
         }
-        sweep(&gw).await;
+        sweep(&gw, false).await;
         if ch.hub.has_topic("admin") && tokio::time::Instant::now() >= admin_due {
             admin_due = tokio::time::Instant::now() + ch.settings.presence.admin_interval;
             if let Some(stats) = cluster_stats(&gw).await {
@@ -239,7 +252,10 @@ fn node_stats(gw: &Gateway) -> String {
     .to_string()
 }
 
-async fn sweep(gw: &Gateway) {
+/// Removes dead nodes' entries; with `own_past`, also every entry of this node id (at start-up,
+/// before any join, those are a previous process's: it may have been killed and restarted
+/// faster than its liveness key expires). Returns false if Redis could not be read.
+async fn sweep(gw: &Gateway, own_past: bool) -> bool {
     let topics = async {
         let mut conn = gw.publisher.pool().get().await.ok()?;
         redis::cmd("SMEMBERS")
@@ -253,16 +269,13 @@ async fn sweep(gw: &Gateway) {
         .ok()
         .flatten()
     else {
-        return;
+        return false;
     };
+    let mine = if own_past { gw.node.as_str() } else { "" };
     for topic in topics {
-        let removed = eval(
-            gw,
-            SWEEP,
-            &[&hash_key(&topic), TOPICS_KEY],
-            &[&diff_channel(&topic), &topic],
-        )
-        .await;
+        let hash = hash_key(&topic);
+        let channel = diff_channel(&topic);
+        let removed = eval(gw, SWEEP, &[&hash, TOPICS_KEY], &[&channel, &topic, mine]).await;
         if let Some(n) = removed.filter(|n| *n > 0) {
             gw.metrics
                 .channels
@@ -271,6 +284,7 @@ async fn sweep(gw: &Gateway) {
             tracing::info!(topic = %topic, removed = n, "removed presence entries of dead nodes");
         }
     }
+    true
 }
 
 /// After Redis comes back (possibly empty), this node's memberships are written again; any that

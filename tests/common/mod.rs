@@ -455,6 +455,16 @@ impl Node {
         Self::start_with_env(redis_url, node_id, server, routes, &[]).await
     }
 
+    /// Starts a node on a given address (to restart one where it was).
+    pub async fn start_at(
+        redis_url: &str,
+        node_id: Option<&str>,
+        addr: SocketAddr,
+        routes: &str,
+    ) -> Self {
+        Self::spawn(redis_url, node_id, "", routes, &[], addr.port()).await
+    }
+
     /// As [`Node::start`], with extra environment variables for the process.
     pub async fn start_with_env(
         redis_url: &str,
@@ -463,7 +473,17 @@ impl Node {
         routes: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        let port = free_port();
+        Self::spawn(redis_url, node_id, server, routes, env, free_port()).await
+    }
+
+    async fn spawn(
+        redis_url: &str,
+        node_id: Option<&str>,
+        server: &str,
+        routes: &str,
+        env: &[(&str, &str)],
+        port: u16,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refract.toml");
         let id_line = node_id
