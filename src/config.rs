@@ -90,6 +90,10 @@ pub struct ChannelsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresenceSettings {
+    /// Track presence at all. Off: no presence entries, diffs or sweeps, and `presence_state`
+    /// is `{}`; for broadcast topics with many members, where every join would otherwise be
+    /// announced to every member.
+    pub enabled: bool,
     /// A node's liveness key lives this long unless refreshed; after it, the node's members
     /// are removed by the others.
     #[serde(with = "humantime_serde")]
@@ -109,6 +113,7 @@ pub struct PresenceSettings {
 impl Default for PresenceSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             ttl: Duration::from_secs(15),
             refresh_interval: Duration::from_secs(5),
             max_listed: 1000,

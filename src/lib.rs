@@ -257,7 +257,12 @@ pub async fn run(
     workers.spawn(subscriber::run(gateway.clone()));
     if let Some((ch, cmds)) = channels {
         workers.spawn(channels::bridge::run(gateway.clone(), ch.clone(), cmds));
-        workers.spawn(channels::presence::run(gateway.clone(), ch.clone()));
+        if ch.settings.presence.enabled {
+            workers.spawn(channels::presence::run(gateway.clone(), ch.clone()));
+        } else {
+            ch.presence_ready
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         if let Some(system) = &ch.settings.system {
             workers.spawn(channels::clock(gateway.clone(), system.datetime_interval));
         }

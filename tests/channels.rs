@@ -624,3 +624,28 @@ async fn the_system_topic_ticks_from_one_node() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn presence_can_be_turned_off_for_broadcast_topics() {
+    let redis = Redis::start().await;
+    let gw = start(&redis, "[channels.presence]\nenabled = false").await;
+    let mut diffs = redis.subscribe_pattern("to:*:presence_diff").await;
+    let mut s = Phx::connect(&gw, "").await;
+    s.join_ok("news", &token(json!({"id": "reader", "channel": "news"})))
+        .await;
+    assert_eq!(s.recv_event("presence_state").await[4], json!({}));
+    redis.publish("to:news:flash", b"1").await;
+    assert_eq!(s.recv_event("flash").await[4], 1);
+    assert!(
+        diffs.drain_now().is_empty(),
+        "no presence diffs when presence is off"
+    );
+    let mut c = redis.conn().await;
+    let topics: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("refract:presence:topics")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(topics.is_empty());
+    gw.stop().await;
+}

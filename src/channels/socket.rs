@@ -317,9 +317,11 @@ impl Socket {
             meta: meta.clone(),
         };
         let subscribed = !self.ch.hub.join(topic, member) || self.ch.subscribe(topic).await;
-        let added = match subscribed {
-            true => presence::join(&self.gw, topic, &phx_ref, &key, &meta, false).await,
-            false => None,
+        let tracked = self.ch.settings.presence.enabled;
+        let added = match (subscribed, tracked) {
+            (true, true) => presence::join(&self.gw, topic, &phx_ref, &key, &meta, false).await,
+            (true, false) => Some(false),
+            (false, _) => None,
         };
         let Some(added) = added else {
             if self.ch.hub.leave(topic, &self.conn) {
@@ -348,9 +350,11 @@ impl Socket {
         ));
         // The whole topic, every node's members, after the ok; then everyone hears the join.
         let max = self.ch.settings.presence.max_listed;
-        let state = presence::state(&self.gw, topic, max)
-            .await
-            .unwrap_or_else(|| "{}".into());
+        let state = match tracked {
+            true => presence::state(&self.gw, topic, max).await,
+            false => None,
+        };
+        let state = state.unwrap_or_else(|| "{}".into());
         self.send(phoenix::push(
             Some(join_ref),
             topic,
@@ -407,7 +411,9 @@ impl Socket {
             self.ch.unsubscribe(topic);
         }
         let phx_ref = phx_ref(&self.gw, &self.conn, &j.join_ref);
-        presence::leave(&self.gw, topic, &phx_ref, &j.key, &j.meta).await;
+        if self.ch.settings.presence.enabled {
+            presence::leave(&self.gw, topic, &phx_ref, &j.key, &j.meta).await;
+        }
         self.note(topic, &j.key, "leave").await;
     }
 
