@@ -80,6 +80,10 @@ cpu_of() { # CPU seconds (user+system) of a live process
     awk '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
+machine_busy() { # CPU seconds the whole machine has spent busy (all processes, all cores)
+    awk '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat
+}
+
 diff_s() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }
 
 # ---- prerequisites -----------------------------------------------------------------------------
@@ -164,7 +168,9 @@ EOF
 measure() { # $1: label, rest: refract-bench arguments
     local label=$1
     shift
-    local g0 r0 e0 g1 r1 e1 line
+    local g0 r0 e0 g1 r1 e1 m0 m1 w0 w1 line
+    m0=$(machine_busy)
+    w0=$(date +%s.%N)
     g0=$( [ -n "$GW_PID" ] && cpu_of "$GW_PID" || echo 0)
     r0=$(cpu_of "$REDIS_PID")
     e0=$(cpu_of "$ECHO_PID")
@@ -176,9 +182,12 @@ measure() { # $1: label, rest: refract-bench arguments
     g1=$( [ -n "$GW_PID" ] && cpu_of "$GW_PID" || echo 0)
     r1=$(cpu_of "$REDIS_PID")
     e1=$(cpu_of "$ECHO_PID")
-    printf '{"label":"%s","gateway_cpu_s":%s,"redis_cpu_s":%s,"echo_cpu_s":%s,"result":%s}\n' \
-        "$label" "$(diff_s "$g1" "$g0")" "$(diff_s "$r1" "$r0")" "$(diff_s "$e1" "$e0")" \
-        "$line" >>"$RESULTS"
+    m1=$(machine_busy)
+    w1=$(date +%s.%N)
+    # machine_cpu_s covers everything, including whatever else runs on the machine meanwhile.
+    printf '{"label":"%s","wall_s":%s,"machine_cpu_s":%s,"gateway_cpu_s":%s,"redis_cpu_s":%s,"echo_cpu_s":%s,"result":%s}\n' \
+        "$label" "$(diff_s "$w1" "$w0")" "$(diff_s "$m1" "$m0")" "$(diff_s "$g1" "$g0")" \
+        "$(diff_s "$r1" "$r0")" "$(diff_s "$e1" "$e0")" "$line" >>"$RESULTS"
     log "$label: $(echo "$line" | cut -c1-220)"
 }
 
@@ -212,10 +221,11 @@ if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
     {
         echo "# perf record -F 999 -p <refract> -- sleep 6, 1000 connections in the closed loop"
         echo "# Self time per symbol (no call graph: release builds have no frame pointers)."
-        perf report -i "$WORK/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^$' | head -20
+        perf report -i "$WORK/perf.data" --no-children --sort dso -F overhead,dso --stdio \
+            2>/dev/null | grep -v -e '^$' -e '^# *$' -e Tip -e 'header info' | head -16
         echo
-        perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
-            | grep -v '^$' | head -70
+        perf report -i "$WORK/perf.data" --no-children --sort symbol -F overhead,sym --stdio \
+            2>/dev/null | grep -v -e '^$' -e '^# *$' -e Tip -e 'header info' | cut -c1-160 | head -80
     } >"$WORK/profile.txt" || true
 fi
 stop "$GW_PID"
