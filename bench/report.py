@@ -275,10 +275,38 @@ def main():
         w("(did not run or failed; see results.jsonl)")
     w("")
 
+    # ---- 3b
+    w("## 3b. Channels fan-out")
+    w("")
+    ch = [r["result"] for l, r in sorted(rows.items()) if l.startswith("chfanout/")]
+    if ch:
+        w("N Phoenix sockets joined to one topic (presence off); one `PUBLISH to:fan:tick` per "
+          "round, timed from the publish to the last socket's frame.")
+        w("")
+        w("| sockets | frames/s (median) | publish to last socket (median) | target 500,000 frames/s |")
+        w("|---:|---:|---:|---|")
+        for c in sorted((c for c in ch if c.get("scenario") == "channels_fanout"), key=lambda c: c["conns"]):
+            w(f"| {c['conns']:,} | {c['median_frames_per_s']:,.0f} | {c['median_publish_to_last_ms']} ms | "
+              f"{yes(c['median_frames_per_s'] >= 500_000)} |")
+    else:
+        w("(did not run or failed; see results.jsonl)")
+    w("")
+
     # ---- 4, 5
     w("## 4. HTTP polling")
     w("")
-    w("Not implemented yet; `scenario_polling` in `bench/run.sh` is the hook.")
+    poll = next((r for l, r in rows.items() if l.startswith("polling/")), None)
+    if poll and poll["result"].get("scenario") == "polling":
+        p = poll["result"]
+        w(f"{p['conns']:,} idle connections on a route whose legacy HTTP service (a minimal "
+          f"keep-alive server in the load generator) is polled every second.")
+        w("")
+        w("| configured polls/s | achieved polls/s | ratio (target >= 0.95) | gateway CPU share |")
+        w("|---:|---:|---:|---:|")
+        w(f"| {p['configured_polls_per_s']:,.0f} | {p['achieved_polls_per_s']:,.1f} | {p['ratio']} "
+          f"{yes(p['ratio'] >= 0.95)} | {p['gateway_cpu_share']} of one core |")
+    else:
+        w("(did not run or failed; see results.jsonl)")
     w("")
     w("## 5. Any gateway")
     w("")

@@ -26,6 +26,9 @@ DURATION=${DURATION:-10}
 IDLE_CONNS=${IDLE_CONNS:-15000}
 FAN_CONNS=${FAN_CONNS:-10000}
 FAN_ROUNDS=${FAN_ROUNDS:-5}
+CH_FAN_CONNS=${CH_FAN_CONNS:-"1000 10000"}
+POLL_CONNS=${POLL_CONNS:-1000}
+POLL_SECONDS=${POLL_SECONDS:-10}
 CRITERION=${CRITERION:-1}
 PROFILE=${PROFILE:-1}
 OUT=${OUT:-docs/benchmarks}
@@ -126,6 +129,7 @@ sleep 0.5
 # ---- gateways ----------------------------------------------------------------------------------
 GW_PID=
 GW_PORT=
+POLL_PORT=$(free_port)
 start_gateway() { # $1: a name for its log
     GW_PORT=$(free_port)
     cat >"$WORK/refract.toml" <<EOF
@@ -149,6 +153,22 @@ request_channel = "echo.in"
 [routes."/fan".services.fan]
 type = "redis"
 request_channel = "fan.in"
+
+# Scenario 4: a legacy HTTP service (served by refract-bench polling) polled every second.
+[routes."/poll".services.legacy]
+type = "http"
+url = "http://127.0.0.1:$POLL_PORT/poll"
+polling_interval = "1s"
+
+# Scenario 3b: Channels, presence off (a broadcast topic: no O(n^2) join announcements).
+[channels]
+jwt_secret = "bench-only-secret-0123456789abcdef"
+idle_timeout = "300s"
+[channels.token_endpoint]
+path = "/token"
+open = true
+[channels.presence]
+enabled = false
 EOF
     # refract raises its own soft file limit at start-up; the wrapper does it for older builds.
     spawn "$WORK/gateway-$1.out" "$WORK/gateway-$1.err" \
@@ -248,12 +268,23 @@ curl -fs "http://127.0.0.1:$GW_PORT/metrics" >"$WORK/fan-metrics.txt" 2>/dev/nul
 stop "$GW_PID"
 GW_PID=
 
+# ---- 3b. Channels fan-out ------------------------------------------------------------------------
+for n in $CH_FAN_CONNS; do
+    log "scenario 3b: Channels fan-out, one PUBLISH to $n joined sockets"
+    start_gateway "chfan-$n"
+    measure "chfanout/$n" chfanout --addr "127.0.0.1:$GW_PORT" --conns "$n" \
+        --redis "$REDIS_URL" --rounds "$FAN_ROUNDS"
+    stop "$GW_PID"
+    GW_PID=
+done
+
 # ---- 4. HTTP polling ---------------------------------------------------------------------------
-scenario_polling() {
-    # Hook for the HTTP polling scenario: not implemented yet.
-    echo '{"label":"polling","result":{"scenario":"polling","skipped":"not implemented yet"}}' >>"$RESULTS"
-}
-scenario_polling
+log "scenario 4: $POLL_CONNS connections polled every second"
+start_gateway poll
+measure "polling/$POLL_CONNS" polling --url "ws://127.0.0.1:$GW_PORT/poll" --conns "$POLL_CONNS" \
+    --service-port "$POLL_PORT" --interval 1 --seconds "$POLL_SECONDS" --gateway-pid "$GW_PID"
+stop "$GW_PID"
+GW_PID=
 
 stop "$ECHO_PID"
 cp "$WORK/echo.json" "$WORK/echo-final.json" 2>/dev/null || true

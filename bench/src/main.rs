@@ -9,12 +9,16 @@
 //! - [`ws`]: the closed loop through a gateway over real WebSockets.
 //! - [`idle`]: many idle connections: accept time, gateway memory, a round trip while held.
 //! - [`fanout`]: one "publish" delivered to every connection (the Channels stand-in).
+//! - [`chfanout`]: Channels fan-out: one `PUBLISH to:<topic>:tick` to N joined Phoenix sockets.
+//! - [`polling`]: N connections on a route whose HTTP service is polled; polls/s achieved.
 
 mod ceiling;
+mod chfanout;
 mod common;
 mod echo;
 mod fanout;
 mod idle;
+mod polling;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +47,10 @@ enum Command {
     Idle(idle::Args),
     /// Broadcast one reply to every connection of a route, by id; measure publish-to-last.
     Fanout(fanout::Args),
+    /// Channels: N sockets join a topic; one PUBLISH timed to the last socket's frame.
+    Chfanout(chfanout::Args),
+    /// N connections on a polled route; polls/s achieved against the configured rate.
+    Polling(polling::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +67,8 @@ fn main() -> anyhow::Result<()> {
             Command::Ws(a) => ws::run(a).await,
             Command::Idle(a) => idle::run(a, nofile).await,
             Command::Fanout(a) => fanout::run(a).await,
+            Command::Chfanout(a) => chfanout::run(a).await,
+            Command::Polling(a) => polling::run(a).await,
         }
     })?;
     let mut result = result;

@@ -1,0 +1,143 @@
+//! Channels fan-out: N Phoenix sockets join one topic; one `PUBLISH to:<topic>:tick` is timed
+//! from the publish to the last socket's frame.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The gateway's HTTP address, e.g. 127.0.0.1:8080 (token endpoint and socket).
+    #[arg(long)]
+    addr: String,
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    #[arg(long)]
+    redis: String,
+    #[arg(long, default_value = "fan")]
+    topic: String,
+}
+
+/// `POST /token` (the endpoint must be open) for a token covering the topic.
+async fn token(addr: &str, topic: &str) -> anyhow::Result<String> {
+    let body = json!({"channel": topic, "id": "bench"}).to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "POST /token HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let json = out.split_once("\r\n\r\n").context("no HTTP body")?.1;
+    let v: Value = serde_json::from_str(json).context("token answer")?;
+    Ok(v["token"].as_str().context("no token")?.to_owned())
+}
+
+pub async fn run(a: Args) -> anyhow::Result<Value> {
+    let tok = token(&a.addr, &a.topic).await?;
+    let url = format!("ws://{}/socket/websocket?vsn=2.0.0", a.addr);
+    let limit = Arc::new(Semaphore::new(200));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let started = Instant::now();
+    let mut joins = Vec::with_capacity(a.conns);
+    for _ in 0..a.conns {
+        let (url, limit, tok, topic, tx) = (
+            url.clone(),
+            limit.clone(),
+            tok.clone(),
+            a.topic.clone(),
+            tx.clone(),
+        );
+        joins.push(tokio::spawn(async move {
+            let mut ws = common::connect_limited(&url, &limit, Duration::from_secs(30)).await?;
+            let join = json!(["1", "1", topic, "phx_join", {"token": tok}]).to_string();
+            ws.send(Message::text(join)).await?;
+            loop {
+                let text = common::next_text(&mut ws)
+                    .await?
+                    .context("closed while joining")?;
+                if text.contains("phx_reply") {
+                    if !text.contains("\"ok\"") {
+                        bail!("join refused: {text}");
+                    }
+                    break;
+                }
+            }
+            // Joined: report each tick's round as it arrives.
+            tokio::spawn(async move {
+                while let Ok(Some(text)) = common::next_text(&mut ws).await {
+                    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if v[3] == "tick" {
+                        let _ = tx.send((v[4]["r"].as_u64().unwrap_or(0), Instant::now()));
+                    }
+                }
+            });
+            anyhow::Ok(())
+        }));
+    }
+    for j in joins {
+        j.await??;
+    }
+    let joined_in = started.elapsed();
+    let client = redis::Client::open(a.redis.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut rounds = Vec::new();
+    for r in 1..=u64::from(a.rounds) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("to:{}:tick", a.topic))
+            .arg(json!({"r": r, "pad": "x".repeat(64)}).to_string())
+            .query_async(&mut conn)
+            .await?;
+        let mut got = 0usize;
+        let mut last = t0;
+        let deadline = t0 + Duration::from_secs(60);
+        while got < a.conns {
+            let (round, at) = tokio::time::timeout_at(deadline.into(), rx.recv())
+                .await
+                .context("fan-out round timed out")?
+                .context("readers ended")?;
+            if round == r {
+                got += 1;
+                last = last.max(at);
+            }
+        }
+        let took = last - t0;
+        rounds.push(json!({
+            "publish_to_last_ms": common::millis(took),
+            "frames_per_s": (a.conns as f64 / took.as_secs_f64()).round(),
+        }));
+    }
+    let mut fps: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["frames_per_s"].as_f64().unwrap())
+        .collect();
+    fps.sort_by(|x, y| x.total_cmp(y));
+    let mut ms: Vec<f64> = rounds
+        .iter()
+        .map(|r| r["publish_to_last_ms"].as_f64().unwrap())
+        .collect();
+    ms.sort_by(|x, y| x.total_cmp(y));
+    Ok(json!({
+        "scenario": "channels_fanout",
+        "conns": a.conns,
+        "joined_in_ms": common::millis(joined_in),
+        "median_frames_per_s": fps[fps.len() / 2],
+        "median_publish_to_last_ms": ms[ms.len() / 2],
+        "rounds": rounds,
+    }))
+}
