@@ -240,12 +240,14 @@ if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
     wait "$load" || true
     {
         echo "# perf record -F 999 -p <refract> -- sleep 6, 1000 connections in the closed loop"
-        echo "# Self time per symbol (no call graph: release builds have no frame pointers)."
+        echo "# Self time (cpu-clock samples), no call graph: release builds have no frame pointers."
+        echo "# By object:"
         perf report -i "$WORK/perf.data" --no-children --sort dso -F overhead,dso --stdio \
-            2>/dev/null | grep -v -e '^$' -e '^# *$' -e Tip -e 'header info' | head -16
+            2>/dev/null | grep -E '^ +[0-9.]+%' | sort -rn
         echo
+        echo "# By symbol, top 60:"
         perf report -i "$WORK/perf.data" --no-children --sort symbol -F overhead,sym --stdio \
-            2>/dev/null | grep -v -e '^$' -e '^# *$' -e Tip -e 'header info' | cut -c1-160 | head -80
+            2>/dev/null | grep -E '^ +[0-9.]+%' | sort -rn | cut -c1-160 | head -60
     } >"$WORK/profile.txt" || true
 fi
 stop "$GW_PID"
