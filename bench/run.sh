@@ -106,7 +106,7 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 fi
 
 log "building refract and refract-bench (release)"
-cargo build --release --locked -p refract --bin refract -p refract-bench >&2
+cargo build --release --locked -p refract -p refract-bench --bins >&2
 GATEWAY=$TARGET_DIR/release/refract
 BENCH=$TARGET_DIR/release/refract-bench
 ulimit -n "$(ulimit -Hn)"
