@@ -248,7 +248,7 @@ if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
         echo "# By symbol, top 60:"
         perf report -i "$WORK/perf.data" --no-children --sort symbol -F overhead,sym --stdio \
             2>/dev/null | grep -E '^ +[0-9.]+%' | sort -rn | cut -c1-160 | head -60
-    } >"$WORK/profile.txt" || true
+    } | sed "s/ *$//" >"$WORK/profile.txt" || true
 fi
 stop "$GW_PID"
 
