@@ -388,10 +388,11 @@ async fn readyz_is_503_until_subscribed_and_upgrades_wait_for_it() {
         .into_client_request()
         .unwrap();
     req.headers_mut().insert("x-test", "1".parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
-        other => panic!("expected 503 before ready, got {other:?}"),
-    }
+    assert_eq!(
+        refused_status(req).await,
+        503,
+        "upgrades wait for readiness"
+    );
 
     redis.restart().await;
     gw.wait_ready().await;
@@ -465,10 +466,10 @@ async fn max_connections_answers_503_before_the_upgrade() {
     let mut input = redis.subscribe("input").await;
     let (_a, _) = connect_and_identify(&gw, "/quotes", &mut input).await;
     let (b, _) = connect_and_identify(&gw, "/quotes", &mut input).await;
-    match tokio_tungstenite::connect_async(format!("ws://{}/quotes", gw.addr)).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
-        other => panic!("expected 503 at the limit, got {other:?}"),
-    }
+    assert_eq!(
+        refused_status(format!("ws://{}/quotes", gw.addr)).await,
+        503
+    );
     drop(b);
     assert_eq!(input.next_json().await["type"], "disconnect");
     // A freed slot admits again.

@@ -63,7 +63,8 @@ async fn serve(listener: TcpListener, polls: Arc<AtomicU64>) {
                     }
                 }
                 let body = &buf[head_end..head_end + len];
-                if body.windows(17).any(|w| w == b"\"type\":\"message\"") {
+                const POLL: &[u8] = b"\"type\":\"message\"";
+                if body.windows(POLL.len()).any(|w| w == POLL) {
                     polls.fetch_add(1, Ordering::Relaxed);
                 }
                 buf.drain(..head_end + len);

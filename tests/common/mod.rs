@@ -436,6 +436,18 @@ pub async fn connect_and_identify(
     }
 }
 
+/// Attempts a WebSocket upgrade and returns the HTTP status it was refused with; panics if the
+/// upgrade succeeds.
+pub async fn refused_status(
+    req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> u16 {
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    }
+}
+
 pub fn reply(id: &str, service: &str, message: &str) -> String {
     serde_json::json!({"id": id, "type": "message", "service": service, "message": message})
         .to_string()
