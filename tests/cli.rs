@@ -190,47 +190,6 @@ async fn node_ids_come_from_the_environment_or_are_generated_unique() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_closes_clients_with_1001_tells_services_and_exits_0() {
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, port) = spawn_gateway(&redis, Some("sigterm-node"), &dir);
-    let url = format!("ws://127.0.0.1:{port}/quotes");
-    eventually("the binary to become ready", || async {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            return None;
-        }
-        (http_request(
-            addr,
-            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .0 == 200)
-            .then_some(())
-    })
-    .await;
-    let mut input = redis.subscribe("input").await;
-    let mut client = Client::connect(&url).await;
-    let id = input.next_json().await["id"].as_str().unwrap().to_string();
-
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(
-        client.recv_close().await,
-        (1001, "server shutting down".to_string())
-    );
-    let v = input.next_for(&id).await;
-    assert_eq!(v["type"], "disconnect");
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(code.code(), Some(0));
-}
-
 #[test]
 fn the_binary_logs_startup_to_stderr() {
     // Guard against a silent binary: operators read these lines.

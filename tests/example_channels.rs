@@ -4,17 +4,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
+use common::example::Example;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-
-fn python() -> String {
-    std::env::var("REFRACT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 /// The `[channels]` part of the example config, as a test can run it.
 const CHANNELS: &str = r#"
@@ -88,23 +82,13 @@ async fn the_python_channels_example_answers_says_and_ticks() {
     let gw = Gateway::start_unready(&redis.url(), CHANNELS, "").await;
     gw.wait_ready().await;
 
-    let mut backend = tokio::process::Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/examples/channels_backend.py"
-        ))
-        .args(["--redis-url", &redis.url(), "--interval", "0.2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 with redis-py (pip install -r docs/examples/requirements.txt)");
-    let mut out = BufReader::new(backend.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, out.next_line())
-        .await
-        .expect("backend starts")
-        .unwrap();
-    assert_eq!(line.as_deref(), Some("channels_backend ready"));
+    let url = redis.url();
+    let backend = Example::start(
+        "channels_backend.py",
+        &["--redis-url", &url, "--interval", "0.2"],
+        "channels_backend ready",
+    )
+    .await;
 
     let user = format!("user-{}", free_port());
     let token = fetch_token(&gw, &user).await;
@@ -143,14 +127,7 @@ async fn the_python_channels_example_answers_says_and_ticks() {
     let tick = phx.recv_event("tick").await;
     assert!(tick[4]["n"].as_u64().is_some_and(|n| n >= 1), "{tick}");
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &backend.id().unwrap().to_string()])
-        .status();
-    let status = tokio::time::timeout(WAIT, backend.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "the example exits cleanly on SIGTERM");
+    backend.stop().await;
     // Leave as a browser tab does, so the gateway stops without waiting out its grace period.
     phx.ws.ws.close(None).await.unwrap();
     let drained = tokio::time::timeout(WAIT, async { while phx.ws.ws.next().await.is_some() {} });

@@ -3,15 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
+use common::example::Example;
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn python() -> String {
-    std::env::var("REFRACT_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 /// The `[routes...]` part of the shipped example config, with the HTTP example's port moved to
 /// `news_port`.
@@ -35,23 +29,13 @@ async fn next_kind(client: &mut Client, skip_ticks: bool) -> Value {
 #[tokio::test]
 async fn the_python_quotes_example_serves_the_example_route() {
     let redis = Redis::start().await;
-    let mut service = tokio::process::Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/examples/quotes_service.py"
-        ))
-        .args(["--redis-url", &redis.url(), "--interval", "0.2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 with redis-py (pip install -r docs/examples/requirements.txt)");
-    let mut out = BufReader::new(service.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, out.next_line())
-        .await
-        .expect("service starts")
-        .unwrap();
-    assert_eq!(line.as_deref(), Some("quotes_service ready"));
+    let url = redis.url();
+    let service = Example::start(
+        "quotes_service.py",
+        &["--redis-url", &url, "--interval", "0.2"],
+        "quotes_service ready",
+    )
+    .await;
 
     let gw = Gateway::start(&redis, &example_routes(free_port())).await;
     let mut client = gw.ws("/quotes").await;
@@ -83,24 +67,8 @@ async fn the_python_quotes_example_serves_the_example_route() {
     client.send("bye").await;
     assert_eq!(next_kind(&mut client, true).await["kind"], "bye");
     // Ticks already queued may arrive before the close; the close itself is normal.
-    loop {
-        match client.recv().await {
-            tokio_tungstenite::tungstenite::Message::Close(Some(f)) => {
-                assert_eq!(u16::from(f.code), 1000);
-                break;
-            }
-            tokio_tungstenite::tungstenite::Message::Text(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &service.id().unwrap().to_string()])
-        .status();
-    let status = tokio::time::timeout(WAIT, service.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "the example exits cleanly on SIGTERM");
+    assert_eq!(client.recv_close_after_text().await, 1000);
+    service.stop().await;
     gw.stop().await;
 }
 
@@ -108,22 +76,12 @@ async fn the_python_quotes_example_serves_the_example_route() {
 async fn the_python_news_example_answers_events_and_polls() {
     let redis = Redis::start().await;
     let port = free_port();
-    let mut service = tokio::process::Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/examples/news_service.py"
-        ))
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3");
-    let mut out = BufReader::new(service.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(WAIT, out.next_line())
-        .await
-        .expect("service starts")
-        .unwrap();
-    assert!(line.unwrap().starts_with("news_service ready"));
+    let service = Example::start(
+        "news_service.py",
+        &["--port", &port.to_string()],
+        "news_service ready",
+    )
+    .await;
 
     // The example's polling_interval is 2 s; keep it, the test awaits what it needs.
     let gw = Gateway::start(&redis, &example_routes(port)).await;
@@ -138,23 +96,7 @@ async fn the_python_news_example_answers_events_and_polls() {
         (Some("headline"), Some("tech"))
     );
     client.send("bye").await;
-    loop {
-        match client.recv().await {
-            tokio_tungstenite::tungstenite::Message::Close(Some(f)) => {
-                assert_eq!(u16::from(f.code), 1000);
-                break;
-            }
-            tokio_tungstenite::tungstenite::Message::Text(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &service.id().unwrap().to_string()])
-        .status();
-    let status = tokio::time::timeout(WAIT, service.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "the example exits cleanly on SIGTERM");
+    assert_eq!(client.recv_close_after_text().await, 1000);
+    service.stop().await;
     gw.stop().await;
 }

@@ -52,6 +52,7 @@ async fn a_redis_outage_keeps_clients_counts_losses_and_recovers() {
 
     redis.restart().await;
     gw.wait_ready().await;
+    assert!(gw.metric("refract_redis_subscriber_connects_total").await >= 2);
     let mut input = redis.subscribe("input").await;
     client.send("after").await;
     assert_eq!(input.next_for(&id).await["message"], "after");
@@ -355,7 +356,10 @@ async fn sigterm_drains_every_client_and_a_second_signal_exits_at_once() {
     node.signal("TERM");
     let mut ids: HashSet<String> = clients.iter().map(|(_, id)| id.clone()).collect();
     for (client, _) in &mut clients {
-        assert_eq!(client.recv_close().await.0, 1001);
+        assert_eq!(
+            client.recv_close().await,
+            (1001, "server shutting down".to_string())
+        );
     }
     while !ids.is_empty() {
         let v = input.next_json().await;

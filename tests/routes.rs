@@ -406,33 +406,6 @@ async fn readyz_is_503_until_subscribed_and_upgrades_wait_for_it() {
 }
 
 #[tokio::test]
-async fn after_a_redis_restart_the_node_resubscribes_and_old_clients_get_replies() {
-    let mut redis = Redis::start().await;
-    let gw = Gateway::start(&redis, QUOTES).await;
-    let mut input = redis.subscribe("input").await;
-    let (mut client, id) = connect_and_identify(&gw, "/quotes", &mut input).await;
-
-    redis.stop();
-    eventually("readyz to turn 503", || async {
-        (gw.get("/readyz").await.0 == 503).then_some(())
-    })
-    .await;
-    redis.restart().await;
-    gw.wait_ready().await;
-    assert!(gw.metric("refract_redis_subscriber_connects_total").await >= 2);
-
-    // The old connection survived and is still reachable by its id.
-    redis
-        .publish(&gw.response_channel(), reply(&id, "quoteservice", "back"))
-        .await;
-    assert_eq!(client.recv_text().await, "back");
-    let mut input = redis.subscribe("input").await;
-    client.send("after").await;
-    assert_eq!(input.next_for(&id).await["message"], "after");
-    gw.stop().await;
-}
-
-#[tokio::test]
 async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
     let redis = Redis::start().await;
     let mut input = redis.subscribe("input").await;

@@ -2,6 +2,7 @@
 //! on port 0, real WebSocket clients, and real Redis subscribers playing the services.
 #![allow(dead_code)]
 
+pub mod example;
 pub mod http_server;
 pub mod phx;
 
@@ -408,6 +409,17 @@ impl Client {
         match self.recv().await {
             Message::Text(t) => t.to_string(),
             other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close frame, skipping text frames still queued before it; returns its code.
+    pub async fn recv_close_after_text(&mut self) -> u16 {
+        loop {
+            match self.recv().await {
+                Message::Close(Some(f)) => return u16::from(f.code),
+                Message::Text(_) => continue,
+                other => panic!("expected text or a close, got {other:?}"),
+            }
         }
     }
 
