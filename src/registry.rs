@@ -1,57 +1,128 @@
 //! The live connections of this node, by id: where a service reply finds its client.
 //!
 //! A sharded concurrent map, so the Redis reader and thousands of sessions never contend on one
-//! lock; the reader only ever `try_send`s into a connection's bounded queue.
+//! lock. Each connection's [`Control`] holds its outbound queue: the reader only ever pushes into
+//! it (never awaits), and the session drains it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use dashmap::DashMap;
 use hyper_tungstenite::tungstenite::Message;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::ids::ConnectionId;
 use crate::metrics::CloseReason;
 
-/// How anyone but the session itself ends a session: set a reason, wake it.
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is at its frame or byte limit: the client is not keeping up.
+    Full,
+    /// The session has ended.
+    Closed,
+}
+
+/// Frames waiting to be written to one client. Nothing is allocated until the first frame, so
+/// an idle connection costs no queue memory.
 #[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Message>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A session's shared state: how anyone but the session itself ends it (set a reason, wake it),
+/// and its bounded outbound queue.
+#[derive(Debug)]
 pub struct Control {
-    wake: Notify,
+    /// Wakes the session when it is asked to close.
+    kill: Notify,
+    /// Wakes the session when its queue stops being empty.
+    ready: Notify,
     /// `CloseReason as u8 + 1`; 0 while nobody asked.
     reason: AtomicU8,
-    /// Bytes of frames queued for the client and not yet written.
-    queued_bytes: AtomicUsize,
+    outbox: Mutex<Outbox>,
+    max_frames: usize,
+    max_bytes: usize,
 }
 
 impl Control {
+    /// A queue holding at most `max_frames` frames and `max_bytes` bytes of payload.
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self {
+            kill: Notify::new(),
+            ready: Notify::new(),
+            reason: AtomicU8::new(0),
+            outbox: Mutex::new(Outbox::default()),
+            max_frames,
+            max_bytes,
+        }
+    }
+
     /// Asks the session to close; the first reason wins.
     pub fn kill(&self, reason: CloseReason) {
         let _ =
             self.reason
                 .compare_exchange(0, reason as u8 + 1, Ordering::AcqRel, Ordering::Acquire);
-        self.wake.notify_one();
+        self.kill.notify_one();
     }
 
-    /// Accounts `n` more queued bytes, unless that would pass `limit`.
-    pub fn reserve(&self, n: usize, limit: usize) -> bool {
-        self.queued_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + n <= limit).then_some(q + n)
-            })
-            .is_ok()
+    /// Queues a frame for the client, unless that would pass a limit or the session has ended.
+    /// Never waits.
+    pub fn push(&self, message: Message) -> Result<(), Refused> {
+        let size = message.len();
+        let mut outbox = self.lock();
+        if outbox.closed {
+            return Err(Refused::Closed);
+        }
+        if outbox.frames.len() >= self.max_frames || outbox.bytes + size > self.max_bytes {
+            return Err(Refused::Full);
+        }
+        let was_empty = outbox.frames.is_empty();
+        outbox.frames.push_back(message);
+        outbox.bytes += size;
+        drop(outbox);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
     }
 
-    /// Accounts `n` queued bytes as written (or discarded).
-    pub fn release(&self, n: usize) {
-        self.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+    /// The next queued frame, which no longer counts against the limits.
+    pub fn pop(&self) -> Option<Message> {
+        let mut outbox = self.lock();
+        let message = outbox.frames.pop_front()?;
+        outbox.bytes -= message.len();
+        if outbox.frames.is_empty() && outbox.frames.capacity() > SHRINK_ABOVE {
+            // A burst is over: give the memory back rather than hold it for an idle client.
+            outbox.frames = VecDeque::new();
+        }
+        Some(message)
     }
 
+    /// Ends the queue: what is queued is dropped and later pushes are refused.
+    pub fn close(&self) {
+        let mut outbox = self.lock();
+        outbox.closed = true;
+        outbox.frames = VecDeque::new();
+        outbox.bytes = 0;
+    }
+
+    /// Resolves when the queue may have stopped being empty (check with [`Control::pop`]).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Resolves with the reason once the session is asked to close.
     pub async fn killed(&self) -> CloseReason {
         loop {
             if let Some(r) = self.reason() {
                 return r;
             }
-            self.wake.notified().await;
+            self.kill.notified().await;
         }
     }
 
@@ -61,13 +132,20 @@ impl Control {
             n => CloseReason::ALL.get(usize::from(n - 1)).copied(),
         }
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        // The lock guards plain data and no code under it can panic midway.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
+
+/// Queue capacity (in frames) kept after the queue empties; more is freed.
+const SHRINK_ABOVE: usize = 16;
 
 /// What the rest of the node holds of a session.
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub route: usize,
-    pub outbound: mpsc::Sender<Message>,
     pub control: Arc<Control>,
 }
 
@@ -96,5 +174,75 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Message {
+        Message::text(s)
+    }
+
+    #[test]
+    fn push_refuses_past_the_frame_limit_and_pop_makes_room() {
+        let c = Control::new(2, usize::MAX);
+        assert_eq!(c.push(text("a")), Ok(()));
+        assert_eq!(c.push(text("b")), Ok(()));
+        assert_eq!(c.push(text("c")), Err(Refused::Full));
+        assert_eq!(c.pop(), Some(text("a")));
+        assert_eq!(c.push(text("c")), Ok(()));
+        assert_eq!(c.pop(), Some(text("b")));
+        assert_eq!(c.pop(), Some(text("c")));
+        assert_eq!(c.pop(), None);
+    }
+
+    #[test]
+    fn push_refuses_past_the_byte_limit_and_pop_releases_the_bytes() {
+        let c = Control::new(100, 10);
+        assert_eq!(c.push(text("123456")), Ok(()));
+        assert_eq!(c.push(text("12345")), Err(Refused::Full));
+        assert_eq!(c.push(text("1234")), Ok(()));
+        assert_eq!(c.pop(), Some(text("123456")));
+        assert_eq!(c.push(text("123456")), Ok(()));
+        assert_eq!(c.push(text("1")), Err(Refused::Full));
+    }
+
+    #[test]
+    fn a_closed_queue_drops_what_it_held_and_refuses_more() {
+        let c = Control::new(10, usize::MAX);
+        c.push(text("a")).unwrap();
+        c.close();
+        assert_eq!(c.pop(), None);
+        assert_eq!(c.push(text("b")), Err(Refused::Closed));
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_a_burst_of_capacity() {
+        let c = Control::new(1000, usize::MAX);
+        for _ in 0..100 {
+            c.push(text("x")).unwrap();
+        }
+        while c.pop().is_some() {}
+        assert!(c.lock().frames.capacity() <= SHRINK_ABOVE);
+    }
+
+    #[tokio::test]
+    async fn ready_fires_for_a_push_made_before_anyone_waits() {
+        let c = Control::new(10, usize::MAX);
+        c.push(text("a")).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), c.ready())
+            .await
+            .expect("the push left a wake-up");
+        assert_eq!(c.pop(), Some(text("a")));
+    }
+
+    #[tokio::test]
+    async fn the_first_kill_reason_wins() {
+        let c = Control::new(10, usize::MAX);
+        c.kill(CloseReason::ALL[0]);
+        c.kill(CloseReason::ALL[1]);
+        assert_eq!(c.killed().await, CloseReason::ALL[0]);
     }
 }

@@ -7,13 +7,12 @@ use bytes::Bytes;
 use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::Gateway;
 use crate::metrics::{CloseReason, LogLimiter, ReplyDrop};
 use crate::prism::{self, Action, Payload, Reply, ReplyError};
 use crate::publisher::{Publish, Tag};
-use crate::registry::Handle;
+use crate::registry::{Handle, Refused};
 
 /// Counts and (rate-limited) logs a message on the response channel that could not be decoded.
 pub fn bad_reply(gw: &Gateway, log: &LogLimiter, e: ReplyError) {
@@ -71,28 +70,19 @@ fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
             }))),
         ],
     };
-    let limit = gw.settings.server.outbound_queue_bytes;
     for message in frames.into_iter().flatten() {
-        let size = message.len();
-        if !conn.control.reserve(size, limit) {
-            gw.metrics.reply_dropped(ReplyDrop::SlowClient);
-            conn.control.kill(CloseReason::SlowClient);
-            return false;
-        }
-        match conn.outbound.try_send(message) {
+        match conn.control.push(message) {
             Ok(()) => {
                 gw.metrics.routes[conn.route]
                     .replies_relayed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) => {
-                conn.control.release(size);
+            Err(Refused::Full) => {
                 gw.metrics.reply_dropped(ReplyDrop::SlowClient);
                 conn.control.kill(CloseReason::SlowClient);
                 return false;
             }
-            Err(TrySendError::Closed(_)) => {
-                conn.control.release(size);
+            Err(Refused::Closed) => {
                 gw.metrics.reply_dropped(ReplyDrop::UnknownConnection);
                 return false;
             }

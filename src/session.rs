@@ -4,17 +4,16 @@
 //! Every session ends the same way, whatever the cause: it leaves the registry and publishes
 //! `disconnect`, so services always hear the end of a connection they heard begin.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -30,8 +29,7 @@ use crate::registry::{Control, Handle};
 use crate::routes::Route;
 use crate::{ConnectionSlot, Gateway};
 
-type Sink = SplitSink<HyperWebsocketStream, Message>;
-type Stream = SplitStream<HyperWebsocketStream>;
+type Ws = HyperWebsocketStream;
 
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -56,7 +54,7 @@ pub async fn run(gw: Arc<Gateway>, upgrade: HyperWebsocket, admitted: Admitted) 
         }
     };
     let id = ConnectionId::random();
-    let span = tracing::info_span!("conn", conn.id = %id, route = %admitted.route.path);
+    let span = tracing::debug_span!("conn", conn.id = %id, route = %admitted.route.path);
     // The slot moves into the session and is freed when it ends.
     Session::new(gw, id, admitted)
         .run(ws)
@@ -92,12 +90,16 @@ impl Session {
             user: admitted.identity.user,
             claims: admitted.identity.claims,
         });
+        let control = Arc::new(Control::new(
+            gw.settings.server.outbound_queue,
+            gw.settings.server.outbound_queue_bytes,
+        ));
         Self {
             gw,
             peer,
             expires_at,
             shard,
-            control: Arc::new(Control::default()),
+            control,
             lanes: Vec::new(),
             _slot: admitted.slot,
         }
@@ -107,10 +109,8 @@ impl Session {
         let gw = self.gw.clone();
         let route = self.peer.route.clone();
         let route_metrics = &gw.metrics.routes[route.index];
-        let (tx, rx) = mpsc::channel(gw.settings.server.outbound_queue);
         let handle = Handle {
             route: route.index,
-            outbound: tx,
             control: self.control.clone(),
         };
         self.lanes = route
@@ -128,9 +128,10 @@ impl Session {
         tracing::debug!(remote = %self.peer.remote_address, "connected");
 
         self.publish(EventKind::Connect, None).await;
-        let reason = self.pump(ws, rx).await;
+        let reason = self.pump(ws).await;
 
         gw.registry.remove(self.peer.id.as_str());
+        self.control.close();
         self.publish(EventKind::Disconnect, None).await;
         route_metrics
             .connections
@@ -140,62 +141,58 @@ impl Session {
     }
 
     /// Moves frames both ways until the connection ends; returns why it ended.
-    async fn pump(&self, ws: HyperWebsocketStream, mut rx: mpsc::Receiver<Message>) -> CloseReason {
-        let (mut sink, mut stream) = ws.split();
+    async fn pump(&self, mut ws: Ws) -> CloseReason {
         let server = &self.gw.settings.server;
         let write_timeout = server.write_timeout;
+        let control = &*self.control;
         let mut bucket = self.peer.route.rate_limit.map(TokenBucket::new);
         let mut last_seen = Instant::now();
         let mut keepalive =
             tokio::time::interval_at(Instant::now() + server.ping_interval, server.ping_interval);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Made once and polled on every turn: making them anew each turn would register and
+        // unregister a waiter each time.
+        let mut shutdown = pin!(self.gw.shutdown.cancelled());
+        let mut killed = pin!(control.killed());
+        let mut ready = pin!(control.ready());
+        let mut expiry = pin!(sleep_until_opt(self.expires_at));
         loop {
+            if let Some(first) = control.pop() {
+                let written = tokio::select! {
+                    biased;
+                    // What was already written is flushed before the close frame says why.
+                    why = &mut killed => return close(&mut ws, Close::for_kill(why)).await,
+                    r = tokio::time::timeout(write_timeout, write_batch(&mut ws, control, first)) => r,
+                };
+                match written {
+                    Ok(Ok(false)) => continue,
+                    Ok(Ok(true)) => {
+                        // A service asked for the close; the close frame is on its way.
+                        linger(&mut ws).await;
+                        return CloseReason::DroppedByService;
+                    }
+                    Ok(Err(_)) => return CloseReason::ConnectionLost,
+                    Err(_) => return CloseReason::WriteTimeout,
+                }
+            }
             tokio::select! {
                 biased;
-                _ = self.gw.shutdown.cancelled() => {
-                    return close(&mut sink, &mut stream, Close::SHUTDOWN).await;
-                }
-                why = self.control.killed() => {
-                    return close(&mut sink, &mut stream, Close::for_kill(why)).await;
-                }
-                Some(first) = rx.recv() => {
-                    let written = tokio::select! {
-                        r = tokio::time::timeout(
-                            write_timeout,
-                            write_batch(&mut sink, &mut rx, first, &self.control),
-                        ) => r,
-                        // The pending write finishes first (if the client drains in time), then
-                        // the close frame says why.
-                        why = self.control.killed() => {
-                            return close(&mut sink, &mut stream, Close::for_kill(why)).await;
-                        }
-                    };
-                    match written {
-                        Ok(Ok(false)) => {}
-                        Ok(Ok(true)) => {
-                            // A service asked for the close; the close frame is on its way.
-                            linger(&mut stream).await;
-                            return CloseReason::DroppedByService;
-                        }
-                        Ok(Err(_)) => return CloseReason::ConnectionLost,
-                        Err(_) => return CloseReason::WriteTimeout,
-                    }
-                }
-                _ = sleep_until_opt(self.expires_at) => {
-                    return close(&mut sink, &mut stream, Close::TOKEN_EXPIRED).await;
-                }
+                _ = &mut shutdown => return close(&mut ws, Close::SHUTDOWN).await,
+                why = &mut killed => return close(&mut ws, Close::for_kill(why)).await,
+                () = &mut ready => ready.set(control.ready()),
+                () = &mut expiry => return close(&mut ws, Close::TOKEN_EXPIRED).await,
                 _ = keepalive.tick() => {
                     if last_seen.elapsed() >= server.idle_timeout {
-                        return close(&mut sink, &mut stream, Close::IDLE).await;
+                        return close(&mut ws, Close::IDLE).await;
                     }
-                    let ping = sink.send(Message::Ping(Bytes::new()));
+                    let ping = ws.send(Message::Ping(Bytes::new()));
                     match tokio::time::timeout(write_timeout, ping).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return CloseReason::ConnectionLost,
                         Err(_) => return CloseReason::WriteTimeout,
                     }
                 }
-                frame = stream.next() => {
+                frame = ws.next() => {
                     last_seen = Instant::now();
                     let data = match &frame {
                         Some(Ok(Message::Text(text))) => Some(ClientData::Text(text.as_str())),
@@ -213,12 +210,12 @@ impl Session {
                             }
                             Err(_) => {
                                 self.gw.metrics.routes[self.peer.route.index].denied(Denial::RateLimited);
-                                return close(&mut sink, &mut stream, Close::RATE_LIMIT).await;
+                                return close(&mut ws, Close::RATE_LIMIT).await;
                             }
                         }
                         continue;
                     }
-                    if let Some(why) = on_control_frame(frame, &mut sink, &mut stream, write_timeout).await {
+                    if let Some(why) = on_control_frame(frame, &mut ws, write_timeout).await {
                         return why;
                     }
                 }
@@ -262,26 +259,25 @@ impl Session {
 /// ended, or `None` to go on.
 pub(crate) async fn on_control_frame(
     frame: Option<Result<Message, hyper_tungstenite::tungstenite::Error>>,
-    sink: &mut Sink,
-    stream: &mut Stream,
+    ws: &mut Ws,
     write_timeout: Duration,
 ) -> Option<CloseReason> {
     match frame {
         Some(Ok(Message::Close(_))) => {
             // tungstenite queued the close reply; flushing sends it.
-            let _ = tokio::time::timeout(CLOSE_LINGER, sink.flush()).await;
+            let _ = tokio::time::timeout(CLOSE_LINGER, ws.flush()).await;
             Some(CloseReason::ClientClosed)
         }
         // Pings are answered by tungstenite on the next write or flush.
         Some(Ok(Message::Ping(_))) => {
-            let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+            let _ = tokio::time::timeout(write_timeout, ws.flush()).await;
             None
         }
         Some(Ok(_)) => None,
         Some(Err(e)) => {
             let (reply, why) = close_for_read_error(&e);
             if let Some(reply) = reply {
-                close(sink, stream, reply).await;
+                close(ws, reply).await;
             }
             Some(why)
         }
@@ -300,25 +296,22 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// Writes `first` and whatever else is already queued, then flushes once. Returns true when a
 /// close frame was written (nothing may follow it).
 pub(crate) async fn write_batch(
-    sink: &mut Sink,
-    rx: &mut mpsc::Receiver<Message>,
-    first: Message,
+    ws: &mut Ws,
     control: &Control,
+    first: Message,
 ) -> Result<bool, hyper_tungstenite::tungstenite::Error> {
     let mut next = Some(first);
     let mut closing = false;
     let mut n = 0;
     while let Some(message) = next.take() {
         closing = matches!(message, Message::Close(_));
-        // Leaving the queue: no longer counted against the client's byte limit.
-        control.release(message.len());
-        sink.feed(message).await?;
+        ws.feed(message).await?;
         n += 1;
         if !closing && n < WRITE_BATCH {
-            next = rx.try_recv().ok();
+            next = control.pop();
         }
     }
-    sink.flush().await?;
+    ws.flush().await?;
     Ok(closing)
 }
 
@@ -354,21 +347,21 @@ impl TokenBucket {
 
 /// Sends a close frame (bounded in time) and waits briefly for the client's answer, so the
 /// frame is not lost to a reset. Returns the close's reason for counting.
-pub(crate) async fn close(sink: &mut Sink, stream: &mut Stream, close: Close) -> CloseReason {
+pub(crate) async fn close(ws: &mut Ws, close: Close) -> CloseReason {
     let frame = Message::Close(Some(CloseFrame {
         code: CloseCode::from(close.code),
         reason: close.reason.into(),
     }));
-    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, sink.send(frame)).await {
-        linger(stream).await;
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, ws.send(frame)).await {
+        linger(ws).await;
     }
     close.why
 }
 
 /// Reads (and discards) until the client closes its side, for at most [`CLOSE_LINGER`].
-async fn linger(stream: &mut Stream) {
+async fn linger(ws: &mut Ws) {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while let Some(Ok(_)) = stream.next().await {}
+        while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
 }

@@ -8,18 +8,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use dashmap::DashMap;
 use hyper_tungstenite::tungstenite::Message;
-use tokio::sync::mpsc;
 
 use crate::metrics::{ChannelDrop, CloseReason, Metrics};
 use crate::phoenix;
-use crate::registry::Control;
+use crate::registry::{Control, Refused};
 
 /// One socket's membership of one topic.
 #[derive(Clone)]
 pub struct Member {
     pub conn: Arc<str>,
     pub join_ref: Arc<str>,
-    pub tx: mpsc::Sender<Message>,
     pub control: Arc<Control>,
     /// The presence key (the token's `id`).
     pub key: Arc<str>,
@@ -110,15 +108,15 @@ impl Hub {
                 self.metrics.channels.dropped(ChannelDrop::NameTooLong);
                 continue;
             };
-            match m.tx.try_send(frame.clone()) {
+            match m.control.push(frame.clone()) {
                 Ok(()) => {
                     self.metrics.channels.frames_out.fetch_add(1, Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     self.metrics.channels.dropped(ChannelDrop::SlowClient);
                     m.control.kill(CloseReason::SlowClient);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(Refused::Closed) => {}
             }
         }
     }

@@ -2,13 +2,14 @@
 //! and the frames the hub queues for it.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::auth::Claims;
@@ -46,7 +47,6 @@ struct Socket {
     gw: Arc<Gateway>,
     ch: Arc<Channels>,
     conn: Arc<str>,
-    tx: mpsc::Sender<Message>,
     control: Arc<Control>,
     joined: HashMap<String, Joined>,
     credential: Option<Claims>,
@@ -64,20 +64,20 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, upgrade: HyperWebsocket, a
         }
     };
     let conn: Arc<str> = ConnectionId::random().as_str().into();
-    let (tx, rx) = mpsc::channel(ch.settings.outbound_queue);
+    // Fan-out frames are shared between sockets, so the queue is bounded in frames only.
+    let control = Arc::new(Control::new(ch.settings.outbound_queue, usize::MAX));
     let socket = Socket {
         shard: gw.publisher.pick_shard(),
         gw: gw.clone(),
         ch,
         conn: conn.clone(),
-        tx,
-        control: Arc::new(Control::default()),
+        control,
         joined: HashMap::new(),
         credential: admitted.credential,
         bad_frames: 0,
         _slot: admitted.slot,
     };
-    let span = tracing::info_span!("socket", conn.id = %conn);
+    let span = tracing::debug_span!("socket", conn.id = %conn);
     let metrics = &gw.metrics.channels;
     metrics
         .sockets
@@ -85,7 +85,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, upgrade: HyperWebsocket, a
     metrics
         .sockets_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let reason = tracing::Instrument::instrument(socket.pump(ws, rx), span).await;
+    let reason = tracing::Instrument::instrument(socket.pump(ws), span).await;
     metrics
         .sockets
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -106,44 +106,41 @@ async fn until(at: Option<Instant>) {
 }
 
 impl Socket {
-    async fn pump(
-        mut self,
-        ws: HyperWebsocketStream,
-        mut rx: mpsc::Receiver<Message>,
-    ) -> CloseReason {
-        let (mut sink, mut stream) = ws.split();
+    async fn pump(mut self, mut ws: HyperWebsocketStream) -> CloseReason {
         let idle = self.ch.settings.idle_timeout;
         let write_timeout = self.gw.settings.server.write_timeout;
+        let control = self.control.clone();
         let mut last_seen = Instant::now();
+        // Made once and polled on every turn, as in a route session.
+        let gw = self.gw.clone();
+        let mut shutdown = pin!(gw.shutdown.cancelled());
+        let mut killed = pin!(control.killed());
+        let mut ready = pin!(control.ready());
         let reason = loop {
+            if let Some(first) = control.pop() {
+                let written = tokio::select! {
+                    biased;
+                    why = &mut killed => break close(&mut ws, Close::for_kill(why)).await,
+                    r = tokio::time::timeout(write_timeout, write_batch(&mut ws, &control, first)) => r,
+                };
+                match written {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) => break CloseReason::ConnectionLost,
+                    Err(_) => break CloseReason::WriteTimeout,
+                }
+            }
             let next_expiry = self.joined.values().filter_map(|j| j.expires).min();
             tokio::select! {
                 biased;
-                _ = self.gw.shutdown.cancelled() => {
-                    break close(&mut sink, &mut stream, Close::SHUTDOWN).await;
-                }
-                why = self.control.killed() => {
-                    break close(&mut sink, &mut stream, Close::for_kill(why)).await;
-                }
-                Some(first) = rx.recv() => {
-                    let written = tokio::select! {
-                        r = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut rx, first, &self.control)) => r,
-                        why = self.control.killed() => {
-                            break close(&mut sink, &mut stream, Close::for_kill(why)).await;
-                        }
-                    };
-                    match written {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) => break CloseReason::ConnectionLost,
-                        Err(_) => break CloseReason::WriteTimeout,
-                    }
-                }
+                _ = &mut shutdown => break close(&mut ws, Close::SHUTDOWN).await,
+                why = &mut killed => break close(&mut ws, Close::for_kill(why)).await,
+                () = &mut ready => ready.set(control.ready()),
                 _ = tokio::time::sleep_until(last_seen + idle) => {
                     // 1001, not 1000: phoenix.js reconnects after 1001.
-                    break close(&mut sink, &mut stream, Close::IDLE).await;
+                    break close(&mut ws, Close::IDLE).await;
                 }
                 _ = until(next_expiry) => self.expire_tokens().await,
-                frame = stream.next() => {
+                frame = ws.next() => {
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
@@ -151,7 +148,7 @@ impl Socket {
                                 Ok(f) => self.on_frame(f).await,
                                 Err(_) => {
                                     if let Some(close_with) = self.bad_frame() {
-                                        break close(&mut sink, &mut stream, close_with).await;
+                                        break close(&mut ws, close_with).await;
                                     }
                                 }
                             }
@@ -160,12 +157,12 @@ impl Socket {
                             Ok(f) => self.on_frame(f).await,
                             Err(_) => {
                                 if let Some(close_with) = self.bad_frame() {
-                                    break close(&mut sink, &mut stream, close_with).await;
+                                    break close(&mut ws, close_with).await;
                                 }
                             }
                         },
                         other => {
-                            if let Some(why) = on_control_frame(other, &mut sink, &mut stream, write_timeout).await {
+                            if let Some(why) = on_control_frame(other, &mut ws, write_timeout).await {
                                 break why;
                             }
                         }
@@ -173,6 +170,7 @@ impl Socket {
                 }
             }
         };
+        control.close();
         let topics: Vec<String> = self.joined.keys().cloned().collect();
         for topic in topics {
             self.leave_topic(&topic).await;
@@ -193,7 +191,7 @@ impl Socket {
 
     /// Queues a frame for this socket; a full queue closes it as a slow client.
     fn send(&self, text: String) {
-        if self.tx.try_send(Message::text(text)).is_err() {
+        if self.control.push(Message::text(text)).is_err() {
             self.ch.metrics().dropped(ChannelDrop::SlowClient);
             self.control.kill(CloseReason::SlowClient);
         }
@@ -311,7 +309,6 @@ impl Socket {
         let member = Member {
             conn: self.conn.clone(),
             join_ref: join_ref.into(),
-            tx: self.tx.clone(),
             control: self.control.clone(),
             key: key.clone(),
             meta: meta.clone(),
