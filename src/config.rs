@@ -218,6 +218,9 @@ pub struct ServerSettings {
     pub outbound_queue: usize,
     /// Bytes queued for one client; a client that lets it fill is closed with 1013.
     pub outbound_queue_bytes: usize,
+    /// Bytes of each connection's read buffer, held for as long as it is open: most of an idle
+    /// connection's memory. Larger frames are read in pieces of this size.
+    pub read_buffer: usize,
     /// How often an idle client is pinged.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -243,6 +246,7 @@ impl Default for ServerSettings {
             max_message_size: 64 * 1024,
             outbound_queue: 1024,
             outbound_queue_bytes: 1024 * 1024,
+            read_buffer: 512,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
@@ -517,6 +521,12 @@ impl Settings {
         positive("server.max_message_size", s.max_message_size)?;
         positive("server.outbound_queue", s.outbound_queue)?;
         positive("server.outbound_queue_bytes", s.outbound_queue_bytes)?;
+        if !(READ_BUFFER_MIN..=READ_BUFFER_MAX).contains(&s.read_buffer) {
+            return Err(ConfigError::new(
+                "server.read_buffer",
+                format!("must be between {READ_BUFFER_MIN} and {READ_BUFFER_MAX} bytes"),
+            ));
+        }
         nonzero("server.ping_interval", s.ping_interval)?;
         nonzero("server.idle_timeout", s.idle_timeout)?;
         if s.idle_timeout <= s.ping_interval {
@@ -783,6 +793,11 @@ impl ServiceSettings {
     }
 }
 
+/// Bounds of `server.read_buffer`: below the minimum every frame header takes several reads;
+/// above the maximum, idle connections would hold megabytes each.
+const READ_BUFFER_MIN: usize = 64;
+const READ_BUFFER_MAX: usize = 1 << 20;
+
 fn positive(key: &str, value: usize) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::new(key, "must be greater than 0"));
@@ -1030,6 +1045,8 @@ mod tests {
     #[test]
     fn bad_durations_and_values_are_rejected() {
         assert!(err("[server]\nwrite_timeout = \"-1s\"\n").contains("server.write_timeout"));
+        assert!(err("[server]\nread_buffer = 16\n").contains("server.read_buffer"));
+        assert!(err("[server]\nread_buffer = 2000000\n").contains("server.read_buffer"));
         assert!(err("[server]\nwrite_timeout = \"0s\"\n").contains("server.write_timeout"));
         assert!(err("[redis]\nurl = \"http://x\"\n").contains("redis.url"));
         assert!(err("node_id = \"a b\"\n").contains("node_id"));

@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admission::Denied;
+use crate::config::ServerSettings;
 use crate::error::{denied_response, rejection_response};
 use crate::metrics::{Denial, Rejection};
 use crate::routes::Route;
@@ -106,12 +107,7 @@ async fn respond(
         Ok(identity) => identity,
         Err(denied) => return deny(gw, &route, denied),
     };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(route.max_message_size))
-        .max_frame_size(Some(route.max_message_size))
-        // Small buffers: most connections are idle most of the time.
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let config = websocket_config(&gw.settings.server, route.max_message_size);
     let (mut response, upgrade) = match hyper_tungstenite::upgrade(&mut req, Some(config)) {
         Ok(pair) => pair,
         Err(_) => return reject(gw, Rejection::BadUpgrade),
@@ -149,4 +145,18 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, content_type.parse().unwrap());
     response
+}
+
+/// The WebSocket settings of every upgraded connection, Prism routes and Channels alike.
+pub(crate) fn websocket_config(
+    server: &ServerSettings,
+    max_message_size: usize,
+) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+        // Held by every open connection; a larger frame grows it while it is read.
+        .read_buffer_size(server.read_buffer)
+        // Frames go out as soon as they are written; the session batches and flushes.
+        .write_buffer_size(0)
 }

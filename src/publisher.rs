@@ -131,7 +131,16 @@ impl Publisher {
     /// Queues a publish, waiting while the shard's queue is full (backpressure on the client
     /// that produced it). Counted as lost if the node is shutting down.
     pub async fn publish(&self, shard: usize, p: Publish) {
-        if let Err(mpsc::error::SendError(p)) = self.shards[shard].send(p).await {
+        let p = match self.shards[shard].try_send(p) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(p)) => p,
+            Err(mpsc::error::TrySendError::Closed(p)) => {
+                return count_lost(&self.metrics, &p, Loss::Shutdown);
+            }
+        };
+        // The queue is full: wait for room. Boxed because this is the rare path, and every
+        // session future would otherwise carry room for it.
+        if let Err(mpsc::error::SendError(p)) = Box::pin(self.shards[shard].send(p)).await {
             count_lost(&self.metrics, &p, Loss::Shutdown);
         }
     }

@@ -4,17 +4,19 @@
 //! Every session ends the same way, whatever the cause: it leaves the registry and publishes
 //! `disconnect`, so services always hear the end of a connection they heard begin.
 
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use hyper_tungstenite::{HyperWebsocket, HyperWebsocketStream};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
 use crate::admission::Identity;
@@ -55,11 +57,10 @@ pub async fn run(gw: Arc<Gateway>, upgrade: HyperWebsocket, admitted: Admitted) 
     };
     let id = ConnectionId::random();
     let span = tracing::debug_span!("conn", conn.id = %id, route = %admitted.route.path);
-    // The slot moves into the session and is freed when it ends.
-    Session::new(gw, id, admitted)
-        .run(ws)
-        .instrument(span)
-        .await;
+    // The slot moves into the session and is freed when it ends. The session is a task of its
+    // own, so it does not carry this function's state for as long as the connection lives.
+    let session = Session::new(gw.clone(), id, admitted).run(ws);
+    gw.tasks.spawn(session.instrument(span));
 }
 
 struct Session {
@@ -105,43 +106,49 @@ impl Session {
         }
     }
 
-    async fn run(mut self, ws: HyperWebsocketStream) {
-        let gw = self.gw.clone();
-        let route = self.peer.route.clone();
-        let route_metrics = &gw.metrics.routes[route.index];
-        let handle = Handle {
-            route: route.index,
-            control: self.control.clone(),
-        };
-        self.lanes = route
-            .http
-            .iter()
-            .map(|svc| Lane::start(&gw, svc.clone(), self.peer.clone(), handle.clone()))
-            .collect();
-        gw.registry.insert(self.peer.id.clone(), handle);
-        route_metrics
-            .connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        route_metrics
-            .connections_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(remote = %self.peer.remote_address, "connected");
+    /// The whole life of the connection once it is open.
+    // Not an `async fn`: its arguments would be moved into the future twice (once as
+    // arguments, once as locals), and every open connection holds this future.
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self, mut ws: Ws) -> impl Future<Output = ()> + Send {
+        async move {
+            let gw = self.gw.clone();
+            let route = self.peer.route.clone();
+            let route_metrics = &gw.metrics.routes[route.index];
+            let handle = Handle {
+                route: route.index,
+                control: self.control.clone(),
+            };
+            self.lanes = route
+                .http
+                .iter()
+                .map(|svc| Lane::start(&gw, svc.clone(), self.peer.clone(), handle.clone()))
+                .collect();
+            gw.registry.insert(self.peer.id.clone(), handle);
+            route_metrics
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            route_metrics
+                .connections_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(remote = %self.peer.remote_address, "connected");
 
-        self.publish(EventKind::Connect, None).await;
-        let reason = self.pump(ws).await;
+            self.publish(EventKind::Connect, None).await;
+            let reason = self.pump(&mut ws).await;
 
-        gw.registry.remove(self.peer.id.as_str());
-        self.control.close();
-        self.publish(EventKind::Disconnect, None).await;
-        route_metrics
-            .connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        route_metrics.closed(reason);
-        tracing::debug!(reason = reason.as_str(), "disconnected");
+            gw.registry.remove(self.peer.id.as_str());
+            self.control.close();
+            self.publish(EventKind::Disconnect, None).await;
+            route_metrics
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            route_metrics.closed(reason);
+            tracing::debug!(reason = reason.as_str(), "disconnected");
+        }
     }
 
     /// Moves frames both ways until the connection ends; returns why it ended.
-    async fn pump(&self, mut ws: Ws) -> CloseReason {
+    async fn pump(&self, ws: &mut Ws) -> CloseReason {
         let server = &self.gw.settings.server;
         let write_timeout = server.write_timeout;
         let control = &*self.control;
@@ -155,20 +162,22 @@ impl Session {
         let mut shutdown = pin!(self.gw.shutdown.cancelled());
         let mut killed = pin!(control.killed());
         let mut ready = pin!(control.ready());
-        let mut expiry = pin!(sleep_until_opt(self.expires_at));
+        let mut expiry = self
+            .expires_at
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         loop {
             if let Some(first) = control.pop() {
                 let written = tokio::select! {
                     biased;
                     // What was already written is flushed before the close frame says why.
-                    why = &mut killed => return close(&mut ws, Close::for_kill(why)).await,
-                    r = tokio::time::timeout(write_timeout, write_batch(&mut ws, control, first)) => r,
+                    why = &mut killed => return close(ws, Close::for_kill(why)).await,
+                    r = tokio::time::timeout(write_timeout, write_batch(ws, control, first)) => r,
                 };
                 match written {
                     Ok(Ok(false)) => continue,
                     Ok(Ok(true)) => {
                         // A service asked for the close; the close frame is on its way.
-                        linger(&mut ws).await;
+                        Box::pin(linger(ws)).await;
                         return CloseReason::DroppedByService;
                     }
                     Ok(Err(_)) => return CloseReason::ConnectionLost,
@@ -177,13 +186,13 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return close(&mut ws, Close::SHUTDOWN).await,
-                why = &mut killed => return close(&mut ws, Close::for_kill(why)).await,
+                _ = &mut shutdown => return close(ws, Close::SHUTDOWN).await,
+                why = &mut killed => return close(ws, Close::for_kill(why)).await,
                 () = &mut ready => ready.set(control.ready()),
-                () = &mut expiry => return close(&mut ws, Close::TOKEN_EXPIRED).await,
+                () = sleep_opt(&mut expiry) => return close(ws, Close::TOKEN_EXPIRED).await,
                 _ = keepalive.tick() => {
                     if last_seen.elapsed() >= server.idle_timeout {
-                        return close(&mut ws, Close::IDLE).await;
+                        return close(ws, Close::IDLE).await;
                     }
                     let ping = ws.send(Message::Ping(Bytes::new()));
                     match tokio::time::timeout(write_timeout, ping).await {
@@ -210,12 +219,12 @@ impl Session {
                             }
                             Err(_) => {
                                 self.gw.metrics.routes[self.peer.route.index].denied(Denial::RateLimited);
-                                return close(&mut ws, Close::RATE_LIMIT).await;
+                                return close(ws, Close::RATE_LIMIT).await;
                             }
                         }
                         continue;
                     }
-                    if let Some(why) = on_control_frame(frame, &mut ws, write_timeout).await {
+                    if let Some(why) = on_control_frame(frame, ws, write_timeout).await {
                         return why;
                     }
                 }
@@ -257,44 +266,50 @@ impl Session {
 /// Handles what a client sent that is not data: a close (answered), a ping (answered), a read
 /// error (closed with the code it deserves) or the end of the stream. Returns why the connection
 /// ended, or `None` to go on.
-pub(crate) async fn on_control_frame(
+pub(crate) fn on_control_frame(
     frame: Option<Result<Message, hyper_tungstenite::tungstenite::Error>>,
     ws: &mut Ws,
     write_timeout: Duration,
-) -> Option<CloseReason> {
-    match frame {
-        Some(Ok(Message::Close(_))) => {
-            // tungstenite queued the close reply; flushing sends it.
-            let _ = tokio::time::timeout(CLOSE_LINGER, ws.flush()).await;
-            Some(CloseReason::ClientClosed)
-        }
-        // Pings are answered by tungstenite on the next write or flush.
-        Some(Ok(Message::Ping(_))) => {
-            let _ = tokio::time::timeout(write_timeout, ws.flush()).await;
-            None
-        }
-        Some(Ok(_)) => None,
-        Some(Err(e)) => {
-            let (reply, why) = close_for_read_error(&e);
-            if let Some(reply) = reply {
-                close(ws, reply).await;
+) -> BoxFuture<'_, Option<CloseReason>> {
+    Box::pin(async move {
+        match frame {
+            Some(Ok(Message::Close(_))) => {
+                // tungstenite queued the close reply; flushing sends it.
+                let _ = tokio::time::timeout(CLOSE_LINGER, ws.flush()).await;
+                Some(CloseReason::ClientClosed)
             }
-            Some(why)
+            // Pings are answered by tungstenite on the next write or flush.
+            Some(Ok(Message::Ping(_))) => {
+                let _ = tokio::time::timeout(write_timeout, ws.flush()).await;
+                None
+            }
+            Some(Ok(_)) => None,
+            Some(Err(e)) => {
+                let (reply, why) = close_for_read_error(&e);
+                if let Some(reply) = reply {
+                    close(ws, reply).await;
+                }
+                Some(why)
+            }
+            None => Some(CloseReason::ConnectionLost),
         }
-        None => Some(CloseReason::ConnectionLost),
-    }
+    })
 }
 
-/// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// Sleeps until the deadline, or forever when there is none. The timer lives in a box made
+/// only for sessions that have a deadline, so the others do not carry one.
+async fn sleep_opt(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(sleep) => sleep.await,
         None => std::future::pending().await,
     }
 }
 
 /// Writes `first` and whatever else is already queued, then flushes once. Returns true when a
 /// close frame was written (nothing may follow it).
+///
+/// Written against the sink's poll functions rather than `feed().await`: a `Feed` future per
+/// frame would make this future, and so every session's, several hundred bytes bigger.
 pub(crate) async fn write_batch(
     ws: &mut Ws,
     control: &Control,
@@ -302,17 +317,23 @@ pub(crate) async fn write_batch(
 ) -> Result<bool, hyper_tungstenite::tungstenite::Error> {
     let mut next = Some(first);
     let mut closing = false;
-    let mut n = 0;
-    while let Some(message) = next.take() {
-        closing = matches!(message, Message::Close(_));
-        ws.feed(message).await?;
-        n += 1;
-        if !closing && n < WRITE_BATCH {
-            next = control.pop();
+    let mut written = 0;
+    std::future::poll_fn(|cx| {
+        while let Some(message) = next.take() {
+            if ws.poll_ready_unpin(cx)?.is_pending() {
+                next = Some(message);
+                return Poll::Pending;
+            }
+            closing = matches!(message, Message::Close(_));
+            ws.start_send_unpin(message)?;
+            written += 1;
+            if !closing && written < WRITE_BATCH {
+                next = control.pop();
+            }
         }
-    }
-    ws.flush().await?;
-    Ok(closing)
+        ws.poll_flush_unpin(cx).map_ok(|()| closing)
+    })
+    .await
 }
 
 /// A per-connection token bucket: `per_second` tokens a second, at most `burst` saved up.
@@ -347,15 +368,20 @@ impl TokenBucket {
 
 /// Sends a close frame (bounded in time) and waits briefly for the client's answer, so the
 /// frame is not lost to a reset. Returns the close's reason for counting.
-pub(crate) async fn close(ws: &mut Ws, close: Close) -> CloseReason {
-    let frame = Message::Close(Some(CloseFrame {
-        code: CloseCode::from(close.code),
-        reason: close.reason.into(),
-    }));
-    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, ws.send(frame)).await {
-        linger(ws).await;
-    }
-    close.why
+///
+/// Boxed, like the other once-per-connection paths: a session's future is as big as its biggest
+/// state, and every connection holds one for as long as it is open.
+pub(crate) fn close(ws: &mut Ws, close: Close) -> BoxFuture<'_, CloseReason> {
+    Box::pin(async move {
+        let frame = Message::Close(Some(CloseFrame {
+            code: CloseCode::from(close.code),
+            reason: close.reason.into(),
+        }));
+        if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, ws.send(frame)).await {
+            linger(ws).await;
+        }
+        close.why
+    })
 }
 
 /// Reads (and discards) until the client closes its side, for at most [`CLOSE_LINGER`].

@@ -333,6 +333,28 @@ async fn binary_frames_travel_as_base64_both_ways() {
 }
 
 #[tokio::test]
+async fn frames_far_larger_than_the_read_buffer_arrive_whole() {
+    let redis = Redis::start().await;
+    let gw = Gateway::start_unready(&redis.url(), QUOTES, "read_buffer = 64").await;
+    gw.wait_ready().await;
+    let mut input = redis.subscribe("input").await;
+    let (mut client, id) = connect_and_identify(&gw, "/quotes", &mut input).await;
+
+    let big: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    client.send(&big).await;
+    client.send("after").await;
+    assert_eq!(input.next_json().await["message"], big.as_str());
+    assert_eq!(input.next_json().await["message"], "after");
+
+    let r = json!({"id": id, "service": "quoteservice", "message": big});
+    redis.publish(&gw.response_channel(), r.to_string()).await;
+    assert_eq!(client.recv().await, Message::text(big));
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn an_abrupt_client_loss_still_sends_disconnect() {
     let redis = Redis::start().await;
     let gw = Gateway::start(&redis, QUOTES).await;

@@ -22,7 +22,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Request, Response, StatusCode};
-use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Gateway;
@@ -196,11 +195,7 @@ pub async fn upgrade(
         gw.metrics.rejected(Rejection::TooManyConnections);
         return crate::error::rejection_response(Rejection::TooManyConnections);
     };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(ch.settings.max_frame_size))
-        .max_frame_size(Some(ch.settings.max_frame_size))
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let config = crate::http::websocket_config(&gw.settings.server, ch.settings.max_frame_size);
     let (mut response, upgrade) = match hyper_tungstenite::upgrade(&mut req, Some(config)) {
         Ok(pair) => pair,
         Err(_) => return crate::error::rejection_response(Rejection::BadUpgrade),
