@@ -78,18 +78,9 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, upgrade: HyperWebsocket, a
         _slot: admitted.slot,
     };
     let span = tracing::debug_span!("socket", conn.id = %conn);
-    let metrics = &gw.metrics.channels;
-    metrics
-        .sockets
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    metrics
-        .sockets_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let reason = tracing::Instrument::instrument(socket.pump(ws), span).await;
-    metrics
-        .sockets
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    metrics.closed(reason);
+    // A task of its own, as a route session is: it does not carry the upgrade's state.
+    gw.tasks
+        .spawn(tracing::Instrument::instrument(socket.serve(ws), span));
 }
 
 /// A membership's presence reference: unique across nodes, sockets and rejoins.
@@ -106,7 +97,28 @@ async fn until(at: Option<Instant>) {
 }
 
 impl Socket {
-    async fn pump(mut self, mut ws: HyperWebsocketStream) -> CloseReason {
+    /// The socket's whole life once it is open.
+    // Not an `async fn`, so its arguments are held once, not twice (see `Session::run`).
+    #[allow(clippy::manual_async_fn)]
+    fn serve(mut self, mut ws: HyperWebsocketStream) -> impl Future<Output = ()> + Send {
+        async move {
+            let metrics = &self.gw.metrics.channels;
+            metrics
+                .sockets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics
+                .sockets_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reason = self.pump(&mut ws).await;
+            let metrics = &self.gw.metrics.channels;
+            metrics
+                .sockets
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.closed(reason);
+        }
+    }
+
+    async fn pump(&mut self, ws: &mut HyperWebsocketStream) -> CloseReason {
         let idle = self.ch.settings.idle_timeout;
         let write_timeout = self.gw.settings.server.write_timeout;
         let control = self.control.clone();
@@ -116,12 +128,14 @@ impl Socket {
         let mut shutdown = pin!(gw.shutdown.cancelled());
         let mut killed = pin!(control.killed());
         let mut ready = pin!(control.ready());
+        // One timer, pushed back when it fires early, rather than a new one on every turn.
+        let mut idle_timer = pin!(tokio::time::sleep_until(last_seen + idle));
         let reason = loop {
             if let Some(first) = control.pop() {
                 let written = tokio::select! {
                     biased;
-                    why = &mut killed => break close(&mut ws, Close::for_kill(why)).await,
-                    r = tokio::time::timeout(write_timeout, write_batch(&mut ws, &control, first)) => r,
+                    why = &mut killed => break close(ws, Close::for_kill(why)).await,
+                    r = tokio::time::timeout(write_timeout, write_batch(ws, &control, first)) => r,
                 };
                 match written {
                     Ok(Ok(_)) => continue,
@@ -132,14 +146,18 @@ impl Socket {
             let next_expiry = self.joined.values().filter_map(|j| j.expires).min();
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break close(&mut ws, Close::SHUTDOWN).await,
-                why = &mut killed => break close(&mut ws, Close::for_kill(why)).await,
+                _ = &mut shutdown => break close(ws, Close::SHUTDOWN).await,
+                why = &mut killed => break close(ws, Close::for_kill(why)).await,
                 () = &mut ready => ready.set(control.ready()),
-                _ = tokio::time::sleep_until(last_seen + idle) => {
+                () = &mut idle_timer => {
+                    if last_seen + idle > Instant::now() {
+                        idle_timer.as_mut().reset(last_seen + idle);
+                        continue;
+                    }
                     // 1001, not 1000: phoenix.js reconnects after 1001.
-                    break close(&mut ws, Close::IDLE).await;
+                    break close(ws, Close::IDLE).await;
                 }
-                _ = until(next_expiry) => self.expire_tokens().await,
+                _ = until(next_expiry), if next_expiry.is_some() => self.expire_tokens().await,
                 frame = ws.next() => {
                     last_seen = Instant::now();
                     match frame {
@@ -148,7 +166,7 @@ impl Socket {
                                 Ok(f) => self.on_frame(f).await,
                                 Err(_) => {
                                     if let Some(close_with) = self.bad_frame() {
-                                        break close(&mut ws, close_with).await;
+                                        break close(ws, close_with).await;
                                     }
                                 }
                             }
@@ -157,12 +175,12 @@ impl Socket {
                             Ok(f) => self.on_frame(f).await,
                             Err(_) => {
                                 if let Some(close_with) = self.bad_frame() {
-                                    break close(&mut ws, close_with).await;
+                                    break close(ws, close_with).await;
                                 }
                             }
                         },
                         other => {
-                            if let Some(why) = on_control_frame(other, &mut ws, write_timeout).await {
+                            if let Some(why) = on_control_frame(other, ws, write_timeout).await {
                                 break why;
                             }
                         }
@@ -173,7 +191,7 @@ impl Socket {
         control.close();
         let topics: Vec<String> = self.joined.keys().cloned().collect();
         for topic in topics {
-            self.leave_topic(&topic).await;
+            Box::pin(self.leave_topic(&topic)).await;
         }
         reason
     }
@@ -212,7 +230,9 @@ impl Socket {
             return;
         }
         match event {
-            "phx_join" => self.join(&f).await,
+            // Joins and leaves talk to Redis; their futures are large and rare, so they are
+            // boxed rather than making every socket's future hold room for them.
+            "phx_join" => Box::pin(self.join(&f)).await,
             "phx_leave" => {
                 self.send(phoenix::reply(
                     f.join_ref.as_deref(),
@@ -223,7 +243,7 @@ impl Socket {
                 ));
                 if self.joined.contains_key(topic) {
                     self.close_channel(topic);
-                    self.leave_topic(topic).await;
+                    Box::pin(self.leave_topic(topic)).await;
                 }
             }
             // Lifecycle and presence events are the gateway's, never a client's to publish.
@@ -274,7 +294,7 @@ impl Socket {
         // Joining again replaces the old membership, as Phoenix does.
         if self.joined.contains_key(topic) {
             self.close_channel(topic);
-            self.leave_topic(topic).await;
+            Box::pin(self.leave_topic(topic)).await;
         }
         if self.joined.len() >= self.ch.settings.max_topics_per_socket {
             return refuse(
@@ -430,7 +450,7 @@ impl Socket {
                 "phx_error",
                 "{\"reason\":\"token expired\"}",
             ));
-            self.leave_topic(&topic).await;
+            Box::pin(self.leave_topic(&topic)).await;
         }
     }
 
