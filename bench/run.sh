@@ -12,10 +12,10 @@
 #   WARMUP=2 DURATION=10      seconds per closed-loop run
 #   IDLE_CONNS=15000 FAN_CONNS=10000 FAN_ROUNDS=5
 #   CRITERION=1 PROFILE=1     criterion benches; perf profile of the gateway (if perf exists)
-#   EXTRA_WS_URL=ws://host:port/path EXTRA_NAME=other
+#   EXTRA_WS_URL=ws://host:port/path EXTRA_NAME=other [EXTRA_PID=pid]
 #                             also run the closed loop against another gateway; its route must
 #                             echo text (e.g. `refract-bench echo --redis ... --channel ...`
-#                             serving that gateway's Redis)
+#                             serving that gateway's Redis); with its pid, its CPU is measured
 #   OUT=docs/benchmarks       where results go
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,8 +105,16 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
         || log "matplotlib unavailable: results.md is written without the plot"
 fi
 
-log "building refract and refract-bench (release)"
-cargo build --release --locked -p refract -p refract-bench --bins >&2
+log "building refract, refract-bench and the criterion benches (release)"
+# The criterion bench is built here too and its executable run directly below: a separate
+# `cargo bench` resolves features differently and would rebuild a good part of the tree.
+CRITERION_EXE=$(cargo build --release --locked -p refract -p refract-bench --bins --bench prism \
+    --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "prism" and m.get("executable"):
+        print(m["executable"])')
 GATEWAY=$TARGET_DIR/release/refract
 BENCH=$TARGET_DIR/release/refract-bench
 ulimit -n "$(ulimit -Hn)"
@@ -224,10 +232,13 @@ for n in $CONNS; do
         --warmup "$WARMUP" --duration "$DURATION"
 done
 if [ -n "${EXTRA_WS_URL:-}" ]; then
+    GW_SAVED=$GW_PID
+    GW_PID=${EXTRA_PID:-}
     for n in $CONNS; do
         measure "${EXTRA_NAME:-other}/$n" ws --url "$EXTRA_WS_URL" --conns "$n" \
             --warmup "$WARMUP" --duration "$DURATION"
     done
+    GW_PID=$GW_SAVED
 fi
 
 if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
@@ -294,8 +305,10 @@ cp "$WORK/echo.json" "$WORK/echo-final.json" 2>/dev/null || true
 # ---- criterion ---------------------------------------------------------------------------------
 if [ "$CRITERION" = 1 ]; then
     log "criterion: prism encode/decode"
-    cargo bench --locked --bench prism -- --warm-up-time 1 --measurement-time 3 --noplot \
-        >"$WORK/criterion.txt" 2>>"$WORK/criterion.err" || log "criterion failed"
+    # What `cargo bench -p refract-bench --bench prism` runs, without its second build.
+    CRITERION_HOME=$TARGET_DIR/criterion "$CRITERION_EXE" --bench --warm-up-time 1 \
+        --measurement-time 2 --noplot >"$WORK/criterion.txt" 2>>"$WORK/criterion.err" \
+        || log "criterion failed"
 fi
 
 # ---- report ------------------------------------------------------------------------------------
