@@ -53,7 +53,7 @@ def criterion_rows(root):
     rows = []
     if not root or not os.path.isdir(root):
         return rows
-    for group in ("encode_event", "decode_inbound"):
+    for group in ("encode_event", "decode_inbound", "phoenix_decode", "phoenix_encode"):
         gdir = os.path.join(root, group)
         if not os.path.isdir(gdir):
             continue
@@ -329,7 +329,9 @@ def main():
         w("| function | input | median | mean |")
         w("|---|---|---:|---:|")
         for group, name, med, mean in crit:
-            w(f"| `prism::{group}` | {name} | {med:.0f} ns | {mean:.0f} ns |")
+            label = {"encode_event": "prism::encode_event", "decode_inbound": "prism::decode_inbound",
+                     "phoenix_decode": "phoenix::decode_*", "phoenix_encode": "phoenix (encode)"}[group]
+            w(f"| `{label}` | {name} | {med:.0f} ns | {mean:.0f} ns |")
     else:
         w("(not run)")
     w("")

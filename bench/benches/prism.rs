@@ -1,10 +1,12 @@
 //! The per-message pure functions of the hot path: every client frame is one `encode_event`,
-//! every service reply one `decode_inbound`. Inputs are the shapes the echo benchmark puts on
+//! every service reply one `decode_inbound`; on Channels, every client push one Phoenix frame
+//! decode and every broadcast one frame encode. Inputs are the shapes the echo benchmark puts on
 //! the wire (a 22-character id, a 64-byte text), plus a larger and an escaped variant.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use refract::phoenix;
 use refract::prism::{self, ClientData, EventKind, Peer};
 
 const ID: &str = "q2xW8kV0b3nR5tY7uI9oPa";
@@ -106,5 +108,52 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, decode);
+/// The Channels frames of the hot path: every client push is one `decode_text` (or
+/// `decode_binary`), every broadcast one `push` per distinct join_ref.
+fn phoenix_frames(c: &mut Criterion) {
+    let payload = format!("{{\"body\":\"{}\"}}", text(64));
+    let push_text = format!("[\"3\",\"7\",\"room:lobby\",\"new_msg\",{payload}]");
+    let mut push_binary = vec![0u8, 1, 1, 10, 7];
+    push_binary.extend_from_slice(b"37room:lobbynew_msg");
+    push_binary.extend_from_slice(text(64).as_bytes());
+    let mut g = c.benchmark_group("phoenix_decode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("push_text_64B", |b| {
+        b.iter(|| phoenix::decode_text(black_box(&push_text)).unwrap())
+    });
+    g.bench_function("push_binary_64B", |b| {
+        b.iter(|| phoenix::decode_binary(black_box(&push_binary)).unwrap())
+    });
+    g.bench_function("heartbeat", |b| {
+        b.iter(|| {
+            phoenix::decode_text(black_box(r#"[null,"9","phoenix","heartbeat",{}]"#)).unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("phoenix_encode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("push_64B", |b| {
+        b.iter(|| {
+            phoenix::push(
+                Some(black_box("3")),
+                "room:lobby",
+                "new_msg",
+                black_box(&payload),
+            )
+        })
+    });
+    g.bench_function("reply_ok", |b| {
+        b.iter(|| phoenix::reply(Some(black_box("3")), Some("7"), "room:lobby", "ok", "{}"))
+    });
+    g.bench_function("binary_push_64B", |b| {
+        b.iter(|| {
+            phoenix::binary_push(black_box("3"), "room:lobby", "new_msg", text(64).as_bytes())
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, decode, phoenix_frames);
 criterion_main!(benches);
