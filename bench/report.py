@@ -136,7 +136,9 @@ def main():
       "How to read these numbers, the memory breakdown and the profile are in "
       "[analysis.md](analysis.md).")
     w("")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # The run's own output (already copied into place) does not count as a change.
+    out_rel = os.path.relpath(os.path.abspath(a.out), git("rev-parse", "--show-toplevel"))
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{out_rel}")
     w(f"- commit `{git('rev-parse', '--short', 'HEAD')}`" + (" (with uncommitted changes)" if dirty and dirty != "?" else ""))
     w(f"- {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
       f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, Redis {a.redis_version}")
