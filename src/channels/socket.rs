@@ -102,7 +102,8 @@ impl Socket {
     #[allow(clippy::manual_async_fn)]
     fn serve(mut self, mut ws: HyperWebsocketStream) -> impl Future<Output = ()> + Send {
         async move {
-            let metrics = &self.gw.metrics.channels;
+            let gw = self.gw.clone();
+            let metrics = &gw.metrics.channels;
             metrics
                 .sockets
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -110,7 +111,6 @@ impl Socket {
                 .sockets_total
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let reason = self.pump(&mut ws).await;
-            let metrics = &self.gw.metrics.channels;
             metrics
                 .sockets
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
