@@ -1,26 +1,59 @@
-//! Errors, and the one place where each becomes something on the wire: an HTTP status before the
-//! upgrade, or a close frame after it.
+//! Errors, and the one place where each becomes something on the wire: an HTTP status and body
+//! before an upgrade, a close frame after it, a `phx_reply` error on a Channels topic. Clients
+//! never see internal details.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use hyper_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 
-use crate::metrics::{CloseReason, Rejection};
+use crate::http::admission::Denied;
+use crate::metrics::{CloseReason, JoinResult, Rejection};
+use crate::redis::client::RedisError;
 
 /// Errors that stop the gateway from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("redis: {0}")]
-    Redis(String),
+    Redis(#[from] RedisError),
     #[error("http client: {0}")]
-    Http(String),
+    Http(#[from] reqwest::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
 
+/// Why a request was refused before any upgrade. Counted where it is decided; answered here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Refused by the gateway itself (path, upgrade, readiness, limits, Channels checks).
+    Rejected(Rejection),
+    /// Refused by a route's admission rules.
+    Denied(Denied),
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        Self::Rejected(r)
+    }
+}
+
+impl From<Denied> for Refusal {
+    fn from(d: Denied) -> Self {
+        Self::Denied(d)
+    }
+}
+
+impl Refusal {
+    pub fn response(self) -> Response<Full<Bytes>> {
+        match self {
+            Self::Rejected(r) => rejection_response(r),
+            Self::Denied(d) => denied_response(d),
+        }
+    }
+}
+
 /// The HTTP answer to a refused request. Bodies are short and never carry internal details.
-pub fn rejection_response(rejection: Rejection) -> Response<Full<Bytes>> {
+fn rejection_response(rejection: Rejection) -> Response<Full<Bytes>> {
     let (status, body) = match rejection {
         Rejection::NotFound => (StatusCode::NOT_FOUND, "not found\n"),
         Rejection::UpgradeRequired => (
@@ -35,6 +68,11 @@ pub fn rejection_response(rejection: Rejection) -> Response<Full<Bytes>> {
         Rejection::TooManyConnections => {
             (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n")
         }
+        Rejection::UnsupportedSerializer => (
+            StatusCode::BAD_REQUEST,
+            "unsupported serializer: connect with vsn=2.0.0\n",
+        ),
+        Rejection::BadSocketToken => (StatusCode::FORBIDDEN, "invalid socket token\n"),
     };
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
@@ -52,7 +90,7 @@ pub fn rejection_response(rejection: Rejection) -> Response<Full<Bytes>> {
 
 /// The HTTP answer to a client refused by a route's admission rules: the status chosen by the
 /// rule and a short JSON body naming the reason, nothing more.
-pub fn denied_response(denied: crate::admission::Denied) -> Response<Full<Bytes>> {
+fn denied_response(denied: Denied) -> Response<Full<Bytes>> {
     let body = format!("{{\"error\":\"{}\"}}\n", denied.reason.as_str());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = denied.status;
@@ -96,7 +134,13 @@ impl Close {
         why: CloseReason::RateLimited,
     };
 
-    /// The close for a session ended from outside (see [`crate::registry::Control`]).
+    pub const TOO_MANY_BAD_FRAMES: Close = Close {
+        code: 1007,
+        reason: "too many malformed frames",
+        why: CloseReason::ProtocolError,
+    };
+
+    /// The close for a connection ended from outside (see [`crate::ws::queue::Control`]).
     pub fn for_kill(why: CloseReason) -> Close {
         let (code, reason) = match why {
             CloseReason::SlowClient => (1013, "slow client: outbound queue full"),
@@ -140,5 +184,81 @@ pub fn close_for_read_error(e: &WsError) -> (Option<Close>, CloseReason) {
             CloseReason::ProtocolError,
         ),
         _ => (None, CloseReason::ConnectionLost),
+    }
+}
+
+/// Why the token endpoint refused a request: its status and JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+    BodyTooLarge,
+    BadBody,
+    InvalidChannel,
+    CannotSign,
+    OriginNotAllowed,
+}
+
+impl TokenRefusal {
+    pub fn status_and_body(self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NotFound => (StatusCode::NOT_FOUND, r#"{"error":"not found"}"#),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use POST"}"#),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#),
+            Self::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"error":"body too large"}"#,
+            ),
+            Self::BadBody => (
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"expected a JSON body {\"channel\": string, \"id\"?: string}"}"#,
+            ),
+            Self::InvalidChannel => (StatusCode::BAD_REQUEST, r#"{"error":"invalid channel"}"#),
+            Self::CannotSign => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"cannot sign"}"#,
+            ),
+            Self::OriginNotAllowed => (StatusCode::FORBIDDEN, r#"{"error":"origin not allowed"}"#),
+        }
+    }
+}
+
+/// Why a Channels request on a topic failed: the reason of its `phx_reply` error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhxError {
+    InvalidTopic,
+    Unauthorized,
+    Forbidden,
+    InvalidMeta,
+    TooManyChannels,
+    /// Redis could not take the join or the push; phoenix.js retries.
+    Unavailable,
+    /// A push on a topic the socket has not joined (or with a stale `join_ref`).
+    UnmatchedTopic,
+}
+
+impl PhxError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::InvalidTopic => "invalid topic",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::InvalidMeta => "invalid meta",
+            Self::TooManyChannels => "too many channels joined",
+            Self::Unavailable => "unavailable",
+            Self::UnmatchedTopic => "unmatched topic",
+        }
+    }
+
+    /// How a refused join is counted.
+    pub fn join_result(self) -> JoinResult {
+        match self {
+            Self::InvalidTopic => JoinResult::InvalidTopic,
+            Self::Unauthorized => JoinResult::Unauthorized,
+            Self::Forbidden | Self::InvalidMeta | Self::UnmatchedTopic => JoinResult::Forbidden,
+            Self::TooManyChannels => JoinResult::TooManyChannels,
+            Self::Unavailable => JoinResult::Unavailable,
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Identifiers: connection ids (unguessable, unique across nodes) and node ids.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -9,16 +10,17 @@ use rand::RngCore;
 /// A connection's id: 128 bits from a CSPRNG, base64url without padding (22 characters).
 ///
 /// Services use it to address one client, so guessing one must be infeasible; at 128 random bits
-/// ids are also unique across nodes without coordination.
+/// ids are also unique across nodes without coordination. Shared, not copied: a Channels socket
+/// hands it to every topic it joins.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ConnectionId(Box<str>);
+pub struct ConnectionId(Arc<str>);
 
 impl ConnectionId {
     pub fn random() -> Self {
         let mut bytes = [0u8; 16];
         // ThreadRng is a CSPRNG (ChaCha, reseeded from the OS).
         rand::rng().fill_bytes(&mut bytes);
-        Self(URL_SAFE_NO_PAD.encode(bytes).into_boxed_str())
+        Self(URL_SAFE_NO_PAD.encode(bytes).into())
     }
 
     pub fn as_str(&self) -> &str {

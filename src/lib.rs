@@ -1,56 +1,57 @@
-//! refract: a WebSocket gateway onto Redis.
+//! refract: a WebSocket gateway onto Redis, with two front doors on one port.
 //!
-//! A URL path (a route) maps to a set of services. Every client connect, message and close is
-//! published as JSON to the services' Redis channels, and any service can answer that one client
-//! through this node's response channel.
+//! **Routes** (Prism-style): a URL path maps to services; every client connect, message and
+//! close is published as JSON to the services' Redis channels, and any service can answer that
+//! one client through this node's response channel. **Channels**: a Phoenix Channels endpoint;
+//! clients join topics, the gateway bridges `to:`/`from:` channels and keeps presence.
 //!
 //! # Layout
 //!
 //! - [`config`]: the TOML file as typed data, validated before anything binds.
-//! - [`prism`]: the Prism wire protocol, pure: events out, replies in.
-//! - [`server`]: the accept loop; one hyper connection per TCP connection, drained on shutdown.
-//! - [`http`]: the HTTP surface: route upgrades, `/healthz`, `/readyz`, `/metrics`, 404/426.
-//! - [`session`]: one WebSocket client: reads frames into events, writes its outbound queue.
-//! - [`registry`]: live connections by id, each with a bounded outbound queue.
-//! - [`publisher`]: sharded, pipelined PUBLISH to Redis, in order per connection.
-//! - [`subscriber`]: the node's response-channel subscription, its canary and reconnects.
-//! - [`relay`]: where a decoded service reply becomes frames on a client's queue.
-//! - [`legacy`]: HTTP services: events POSTed in order per connection, polling, backoff.
-//! - [`routes`], [`net`], [`ids`]: the route table, client addresses, identifiers.
-//! - [`metrics`]: every counter, rendered as Prometheus text.
-//! - [`error`]: typed errors and their mapping to HTTP statuses and close codes.
-//! - [`backoff`]: capped exponential backoff with jitter, for every reconnecting worker.
+//! - [`prism`], [`phoenix`]: the two wire protocols, pure: nothing there touches a socket.
+//! - [`http`]: the one port: accept loop, health, readiness, metrics, admission, connection
+//!   limits, and both doors' upgrades; every refusal is answered there.
+//! - [`ws`]: what both doors share once a connection is a WebSocket: the outbound queue and
+//!   the one driver loop, which hands each data frame to the door's handler.
+//! - [`routes`]: the routes door: the route table, the session handler, the registry of live
+//!   connections, the relay of replies, legacy HTTP services.
+//! - [`channels`]: the Channels door: the upgrade, the socket handler, the hub, the bridge,
+//!   presence, the clock, the token endpoint.
+//! - [`redis`]: the one place that knows Redis: the client, the publisher, the response-channel
+//!   subscriber, the keys and scripts.
+//! - [`worker`]: the contract of long-lived workers, and the node's readiness.
+//! - [`metrics`]: every counter, registered in one place, rendered for Prometheus.
+//! - [`error`]: typed errors, and where each becomes a status, a close code or a `phx_reply`.
+//! - [`auth`]: JWT verification and minting; [`ids`]: connection and node ids;
+//!   [`net`]: client addresses; [`backoff`]: capped exponential backoff with jitter.
+//!
+//! Where does a Redis reply become a client frame? [`redis::subscriber`] reads it,
+//! [`routes::relay`] queues its frames on the client's [`ws::queue`], and the client's
+//! [`ws::driver`] writes them. A Channels message: [`channels::bridge`] reads it, and
+//! [`channels::hub`] queues one shared frame on every member's queue.
 //!
 //! # Shutdown
 //!
-//! One [`CancellationToken`] goes down to every task; [`TaskTracker`]s wait for them, within
-//! `server.shutdown_grace`.
+//! One [`CancellationToken`] goes down to every connection and worker; [`TaskTracker`]s wait
+//! for them, within `server.shutdown_grace`.
 
 pub mod auth;
-
-pub mod admission;
 pub mod backoff;
 pub mod channels;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
-pub mod legacy;
 pub mod metrics;
 pub mod net;
 pub mod phoenix;
 pub mod prism;
-pub mod publisher;
-pub mod registry;
-pub mod relay;
+pub mod redis;
 pub mod routes;
-pub mod server;
-pub mod session;
-pub mod subscriber;
+pub mod worker;
+pub mod ws;
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -59,11 +60,15 @@ use tokio_util::task::TaskTracker;
 pub use config::Settings;
 pub use error::Error;
 
+use crate::channels::endpoint::Channels;
+use crate::http::limits::{Limit, PerIp};
 use crate::ids::NodeId;
 use crate::metrics::Metrics;
-use crate::publisher::Publisher;
-use crate::registry::Registry;
-use crate::routes::{Route, RouteTable};
+use crate::redis::client::Redis;
+use crate::redis::publisher::Publisher;
+use crate::routes::registry::Registry;
+use crate::routes::table::RouteTable;
+use crate::worker::{Part, Readiness, Workers};
 
 /// Everything the node's tasks share.
 pub struct Gateway {
@@ -74,16 +79,17 @@ pub struct Gateway {
     pub routes: RouteTable,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    pub redis: Arc<Redis>,
     pub publisher: Publisher,
-    /// Shared keep-alive client for legacy HTTP services.
+    /// Shared keep-alive client for legacy HTTP services and connect hooks.
     pub http_client: reqwest::Client,
     /// The Channels endpoint, when configured.
-    pub channels: Option<Arc<channels::Channels>>,
-    ready: AtomicBool,
-    /// Connection slots in use, for `server.max_connections`.
-    live: AtomicUsize,
-    /// Connections per client address, for `max_connections_per_ip`.
-    per_ip: dashmap::DashMap<IpAddr, usize>,
+    pub channels: Option<Arc<Channels>>,
+    readiness: Readiness,
+    /// `server.max_connections`: every WebSocket on the node, both doors.
+    pub live: Arc<Limit>,
+    /// Connections per client address, for routes' `max_connections_per_ip`.
+    pub per_ip: Arc<PerIp>,
     pub shutdown: CancellationToken,
     /// HTTP connections and WebSocket sessions; waited for on shutdown.
     pub tasks: TaskTracker,
@@ -93,107 +99,22 @@ impl Gateway {
     /// Ready: the data plane through Redis works (the canary came back), and with Channels, a
     /// previous process's presence entries under this node id are cleared.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && self
-                .channels
-                .as_ref()
-                .is_none_or(|c| c.presence_ready.load(Ordering::Acquire))
+        self.readiness.is_ready()
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        if self.ready.swap(ready, Ordering::AcqRel) != ready {
-            self.metrics
-                .ready
-                .store(i64::from(ready), Ordering::Relaxed);
-            if ready {
-                self.publisher.redis_recovered();
-                tracing::info!("ready: response channel subscribed and canary received");
-            } else {
-                tracing::warn!("not ready: data plane through Redis is not working");
-            }
+    /// How every worker reports readiness.
+    pub fn set_ready(&self, part: Part, ready: bool) {
+        if !self.readiness.set(part, ready) || part != Part::ResponseChannel {
+            return;
         }
-    }
-
-    /// Takes a connection slot on the node, on `route`, and for the client's address, or says
-    /// which limit was hit. The slot is freed when dropped.
-    pub fn try_reserve_slot(
-        self: &Arc<Self>,
-        route: &Arc<Route>,
-        ip: IpAddr,
-    ) -> Result<ConnectionSlot, SlotLimit> {
-        if !take(&self.live, self.settings.server.max_connections) {
-            return Err(SlotLimit::Node);
-        }
-        if !take(&route.live, route.max_connections.unwrap_or(usize::MAX)) {
-            self.live.fetch_sub(1, Ordering::AcqRel);
-            return Err(SlotLimit::Route);
-        }
-        // From here on, dropping `slot` gives back what was taken.
-        let mut slot = ConnectionSlot {
-            gw: self.clone(),
-            route: Some(route.clone()),
-            ip: None,
-        };
-        if let Some(max) = route.gate.rules.max_connections_per_ip {
-            let mut n = self.per_ip.entry(ip).or_insert(0);
-            if *n >= max {
-                return Err(SlotLimit::PerIp);
-            }
-            *n += 1;
-            slot.ip = Some(ip);
-        }
-        Ok(slot)
-    }
-}
-
-impl Gateway {
-    /// A slot for a Channels socket: only the node's limit applies.
-    pub fn try_reserve_socket_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        take(&self.live, self.settings.server.max_connections).then(|| ConnectionSlot {
-            gw: self.clone(),
-            route: None,
-            ip: None,
-        })
-    }
-}
-
-/// Which connection limit refused a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotLimit {
-    Node,
-    Route,
-    PerIp,
-}
-
-/// Increments `counter` unless it is at `max`.
-fn take(counter: &AtomicUsize, max: usize) -> bool {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_ok()
-}
-
-/// A reserved place under the node's, the route's and the client address's connection limits.
-pub struct ConnectionSlot {
-    gw: Arc<Gateway>,
-    /// The route whose limit the slot counts against (none for Channels sockets).
-    route: Option<Arc<Route>>,
-    /// Set when the slot counts against a per-address limit.
-    ip: Option<IpAddr>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.gw.live.fetch_sub(1, Ordering::AcqRel);
-        if let Some(route) = &self.route {
-            route.live.fetch_sub(1, Ordering::AcqRel);
-        }
-        if let Some(ip) = self.ip {
-            if let Some(mut n) = self.gw.per_ip.get_mut(&ip) {
-                *n -= 1;
-            }
-            self.gw.per_ip.remove_if(&ip, |_, n| *n == 0);
+        self.metrics
+            .ready
+            .store(i64::from(ready), std::sync::atomic::Ordering::Relaxed);
+        if ready {
+            self.publisher.redis_recovered();
+            tracing::info!("ready: response channel subscribed and canary received");
+        } else {
+            tracing::warn!("not ready: data plane through Redis is not working");
         }
     }
 }
@@ -214,37 +135,40 @@ pub async fn run(
     let response_channel: Arc<str> = format!("{}.{}", settings.redis.response_channel, node).into();
     let routes = RouteTable::new(&settings);
     let metrics = Arc::new(Metrics::new(
-        routes.iter().map(|r| r.path.clone()),
+        routes.iter().map(|r| r.path.to_string()),
         routes
             .http_services()
-            .map(|(r, s)| (r.path.clone(), s.name.clone())),
+            .map(|(r, s)| (r.path.to_string(), s.name.clone())),
     ));
     let http_client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| Error::Http(e.to_string()))?;
-    let workers = TaskTracker::new();
-    let drain = CancellationToken::new();
-    let publisher = Publisher::start(&settings.redis, metrics.clone(), drain.clone(), &workers)?;
+        .build()?;
+    let redis = Arc::new(Redis::open(&settings.redis)?);
+    let workers = Workers::default();
+    let publisher = Publisher::start(&settings.redis, redis.clone(), metrics.clone(), &workers);
     let grace = settings.server.shutdown_grace;
     let channels = settings
         .channels
         .clone()
-        .map(|c| channels::Channels::new(c, metrics.clone(), settings.redis.command_timeout));
+        .map(|c| Channels::new(c, metrics.clone(), settings.redis.command_timeout));
+    let presence = channels
+        .as_ref()
+        .is_some_and(|(ch, _)| ch.settings.presence.enabled);
     let gateway = Arc::new(Gateway {
         node,
         response_channel,
+        live: Limit::new(settings.server.max_connections),
         settings,
         routes,
         registry: Registry::default(),
         metrics,
+        redis,
         publisher,
         http_client,
         channels: channels.as_ref().map(|(ch, _)| ch.clone()),
-        ready: AtomicBool::new(false),
-        live: AtomicUsize::new(0),
-        per_ip: dashmap::DashMap::new(),
+        readiness: Readiness::new(presence),
+        per_ip: Arc::default(),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
@@ -254,21 +178,23 @@ pub async fn run(
         listen = %listener.local_addr()?,
         "refract starting"
     );
-    workers.spawn(subscriber::run(gateway.clone()));
+    workers.spawn("subscriber", redis::subscriber::run(gateway.clone()));
     if let Some((ch, cmds)) = channels {
-        workers.spawn(channels::bridge::run(gateway.clone(), ch.clone(), cmds));
-        if ch.settings.presence.enabled {
-            workers.spawn(channels::presence::run(gateway.clone(), ch.clone()));
-        } else {
-            ch.presence_ready
-                .store(true, std::sync::atomic::Ordering::Release);
+        let bridge = channels::bridge::run(gateway.clone(), ch.hub.clone(), cmds);
+        workers.spawn("channels bridge", bridge);
+        if presence {
+            workers.spawn(
+                "presence",
+                channels::presence::run(gateway.clone(), ch.clone()),
+            );
         }
         if let Some(system) = &ch.settings.system {
-            workers.spawn(channels::clock(gateway.clone(), system.datetime_interval));
+            let clock = channels::clock::run(gateway.clone(), system.datetime_interval);
+            workers.spawn("clock", clock);
         }
     }
 
-    server::serve(listener, gateway.clone()).await;
+    http::serve::serve(listener, gateway.clone()).await;
 
     // Stop accepting (done), let sessions close and publish their disconnects, then flush.
     let deadline = tokio::time::Instant::now() + grace;
@@ -279,9 +205,7 @@ pub async fn run(
     {
         tracing::warn!("shutdown grace expired with connections still open");
     }
-    drain.cancel();
-    workers.close();
-    if tokio::time::timeout_at(deadline, workers.wait())
+    if tokio::time::timeout_at(deadline, workers.stop())
         .await
         .is_err()
     {

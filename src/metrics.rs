@@ -104,6 +104,8 @@ label_enum!(
         BadUpgrade => "bad_upgrade",
         NotReady => "not_ready",
         TooManyConnections => "too_many_connections",
+        UnsupportedSerializer => "unsupported_serializer",
+        BadSocketToken => "bad_socket_token",
     }
 );
 

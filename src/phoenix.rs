@@ -3,6 +3,7 @@
 //! token-scope rules. Nothing here touches a socket.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
@@ -210,6 +211,39 @@ pub fn binary_push(join_ref: &str, topic: &str, event: &str, data: &[u8]) -> Opt
     out.extend_from_slice(event.as_bytes());
     out.extend_from_slice(data);
     Some(out)
+}
+
+/// A topic name that passed [`valid_topic`]; shared, not copied, between a socket's memberships,
+/// the hub and presence.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    pub fn new(topic: &str) -> Option<Self> {
+        valid_topic(topic).then(|| Self(topic.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Topic({})", self.0)
+    }
 }
 
 /// Topics are names, never patterns: no Redis glob characters, no control characters.

@@ -10,33 +10,30 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Gateway;
 use crate::backoff::Backoff;
-use crate::channels::Channels;
-use crate::phoenix;
+use crate::channels::hub::Hub;
+use crate::phoenix::{self, Topic};
 
 pub enum Cmd {
     /// Subscribe to a topic; told whether Redis confirmed it.
-    Subscribe(String, oneshot::Sender<bool>),
-    Unsubscribe(String),
+    Subscribe(Topic, oneshot::Sender<bool>),
+    Unsubscribe(Topic),
 }
 
-fn pattern(topic: &str) -> String {
+fn pattern(topic: &Topic) -> String {
     format!("to:{topic}:*")
 }
 
-pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
-    let Ok(client) = redis::Client::open(gw.settings.redis.url.as_str()) else {
-        return;
-    };
+pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let timeout = gw.settings.redis.command_timeout;
     loop {
         let connected = tokio::select! {
             _ = gw.shutdown.cancelled() => return,
-            c = tokio::time::timeout(timeout, client.get_async_pubsub()) => c,
+            c = gw.redis.pubsub() => c,
         };
         let pubsub = match connected {
-            Ok(Ok(p)) => p,
-            _ => {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "Channels bridge cannot connect to Redis");
                 if !wait_or_refuse(&gw, &mut cmds, backoff.next_delay()).await {
                     return;
                 }
@@ -45,7 +42,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, mut cmds: mpsc::UnboundedR
         };
         let (mut sink, mut stream) = pubsub.split();
         let mut healthy = true;
-        for topic in ch.hub.topics() {
+        for topic in hub.topics() {
             if sink.psubscribe(pattern(&topic)).await.is_err() {
                 healthy = false;
                 break;
@@ -53,7 +50,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, mut cmds: mpsc::UnboundedR
         }
         if healthy {
             backoff.reset();
-            tracing::info!(topics = ch.hub.topics().len(), "Channels bridge subscribed");
+            tracing::info!(topics = hub.topics().len(), "Channels bridge subscribed");
         }
         while healthy {
             tokio::select! {
@@ -66,7 +63,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, mut cmds: mpsc::UnboundedR
                         healthy = ok;
                     }
                     // Only if nobody joined again meanwhile.
-                    Some(Cmd::Unsubscribe(topic)) if !ch.hub.has_topic(&topic) => {
+                    Some(Cmd::Unsubscribe(topic)) if !hub.has_topic(&topic) => {
                         healthy = sink.punsubscribe(pattern(&topic)).await.is_ok();
                     }
                     Some(Cmd::Unsubscribe(_)) => {}
@@ -75,7 +72,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, mut cmds: mpsc::UnboundedR
                     None => healthy = false,
                     Some(msg) => {
                         if let Some((topic, event)) = phoenix::split_channel(msg.get_channel_name().as_bytes()) {
-                            ch.hub.deliver(topic, event, msg.get_payload_bytes());
+                            hub.deliver(topic, event, msg.get_payload_bytes());
                         }
                     }
                 },

@@ -9,14 +9,15 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use hyper_tungstenite::tungstenite::Message;
 
-use crate::metrics::{ChannelDrop, CloseReason, Metrics};
-use crate::phoenix;
-use crate::registry::{Control, Refused};
+use crate::ids::ConnectionId;
+use crate::metrics::{ChannelDrop, Metrics};
+use crate::phoenix::{self, Topic};
+use crate::ws::queue::{Control, Refused};
 
 /// One socket's membership of one topic.
 #[derive(Clone)]
 pub struct Member {
-    pub conn: Arc<str>,
+    pub conn: ConnectionId,
     pub join_ref: Arc<str>,
     pub control: Arc<Control>,
     /// The presence key (the token's `id`).
@@ -26,7 +27,7 @@ pub struct Member {
 }
 
 pub struct Hub {
-    topics: DashMap<String, Vec<Member>>,
+    topics: DashMap<Topic, Vec<Member>>,
     metrics: Arc<Metrics>,
 }
 
@@ -39,38 +40,42 @@ impl Hub {
     }
 
     /// Adds a member; true when it is the topic's first on this node (subscribe to it).
-    pub fn join(&self, topic: &str, member: Member) -> bool {
-        let mut members = self.topics.entry(topic.to_owned()).or_default();
+    pub fn join(&self, topic: &Topic, member: Member) -> bool {
+        let mut members = self.topics.entry(topic.clone()).or_default();
         members.push(member);
         self.metrics.channels.joined.fetch_add(1, Relaxed);
         members.len() == 1
     }
 
     /// Removes `conn`'s membership; true when the topic has no local member left (unsubscribe).
-    pub fn leave(&self, topic: &str, conn: &str) -> bool {
+    pub fn leave(&self, topic: &Topic, conn: &ConnectionId) -> bool {
         let Some(mut members) = self.topics.get_mut(topic) else {
             return false;
         };
         let before = members.len();
-        members.retain(|m| &*m.conn != conn);
+        members.retain(|m| &m.conn != conn);
         let removed = (before - members.len()) as i64;
         self.metrics.channels.joined.fetch_sub(removed, Relaxed);
         let empty = members.is_empty();
         drop(members);
-        empty && self.topics.remove_if(topic, |_, m| m.is_empty()).is_some()
+        empty
+            && self
+                .topics
+                .remove_if(topic.as_str(), |_, m| m.is_empty())
+                .is_some()
     }
 
     /// Topics with local members, for re-subscribing after a reconnect.
-    pub fn topics(&self) -> Vec<String> {
+    pub fn topics(&self) -> Vec<Topic> {
         self.topics.iter().map(|e| e.key().clone()).collect()
     }
 
-    pub fn has_topic(&self, topic: &str) -> bool {
-        self.topics.contains_key(topic)
+    pub fn has_topic(&self, topic: &Topic) -> bool {
+        self.topics.contains_key(topic.as_str())
     }
 
     /// Every topic's local members, for re-writing presence after Redis recovers.
-    pub fn snapshot(&self) -> Vec<(String, Vec<Member>)> {
+    pub fn snapshot(&self) -> Vec<(Topic, Vec<Member>)> {
         self.topics
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
@@ -81,6 +86,7 @@ impl Hub {
     /// text frames with the payload inserted; other bytes as binary pushes; empty ones nowhere.
     pub fn deliver(&self, topic: &str, event: &str, payload: &[u8]) {
         self.metrics.channels.messages_in.fetch_add(1, Relaxed);
+        // Looked up by name: what Redis delivers is a channel name, not yet a topic.
         let Some(members) = self.topics.get(topic) else {
             return;
         };
@@ -112,10 +118,7 @@ impl Hub {
                 Ok(()) => {
                     self.metrics.channels.frames_out.fetch_add(1, Relaxed);
                 }
-                Err(Refused::Full) => {
-                    self.metrics.channels.dropped(ChannelDrop::SlowClient);
-                    m.control.kill(CloseReason::SlowClient);
-                }
+                Err(Refused::Full) => self.metrics.channels.dropped(ChannelDrop::SlowClient),
                 Err(Refused::Closed) => {}
             }
         }

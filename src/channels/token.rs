@@ -1,5 +1,5 @@
-//! `POST <token_endpoint.path>`: Tangram's token endpoint, with the API key and CORS allow-list
-//! Tangram lacked. `{"channel", "id"?}` in, `{"id", "channel", "token"}` out.
+//! `POST <token_endpoint.path>`: the token endpoint, behind an API key and a CORS allow-list.
+//! `{"channel", "id"?}` in, `{"id", "channel", "token"}` out.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -8,7 +8,8 @@ use hyper::header::{AUTHORIZATION, HeaderValue, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
-use crate::channels::Channels;
+use crate::channels::endpoint::Channels;
+use crate::error::TokenRefusal;
 use crate::phoenix;
 
 const MAX_BODY: usize = 64 * 1024;
@@ -21,32 +22,34 @@ struct TokenRequest {
 }
 
 pub async fn handle(ch: &Channels, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(settings) = &ch.settings.token_endpoint else {
-        return json(
-            StatusCode::NOT_FOUND,
-            r#"{"error":"not found"}"#.into(),
-            None,
-        );
-    };
-    let origin = req
-        .headers()
-        .get(ORIGIN)
-        .filter(|o| {
-            settings
-                .cors_origins
-                .iter()
-                .any(|a| a.as_bytes() == o.as_bytes())
-        })
-        .cloned();
-    if req.method() == Method::OPTIONS {
+    let origin = ch.settings.token_endpoint.as_ref().and_then(|settings| {
+        let o = req.headers().get(ORIGIN)?;
+        let allowed = settings
+            .cors_origins
+            .iter()
+            .any(|a| a.as_bytes() == o.as_bytes());
+        allowed.then(|| o.clone())
+    });
+    if req.method() == Method::OPTIONS && ch.settings.token_endpoint.is_some() {
         return preflight(origin);
     }
+    match mint(ch, req).await {
+        Ok(answer) => json(StatusCode::OK, answer, origin),
+        Err(refusal) => {
+            let (status, body) = refusal.status_and_body();
+            json(status, body.into(), origin)
+        }
+    }
+}
+
+async fn mint(ch: &Channels, req: Request<Incoming>) -> Result<String, TokenRefusal> {
+    let settings = ch
+        .settings
+        .token_endpoint
+        .as_ref()
+        .ok_or(TokenRefusal::NotFound)?;
     if req.method() != Method::POST {
-        return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"error":"use POST"}"#.into(),
-            origin,
-        );
+        return Err(TokenRefusal::MethodNotAllowed);
     }
     if !settings.open {
         let given = req
@@ -56,39 +59,17 @@ pub async fn handle(ch: &Channels, req: Request<Incoming>) -> Response<Full<Byte
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !ch.api_key_matches(given) {
-            return json(
-                StatusCode::UNAUTHORIZED,
-                r#"{"error":"unauthorized"}"#.into(),
-                origin,
-            );
+            return Err(TokenRefusal::Unauthorized);
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                r#"{"error":"body too large"}"#.into(),
-                origin,
-            );
-        }
-    };
-    let bad = || {
-        json(
-            StatusCode::BAD_REQUEST,
-            r#"{"error":"expected a JSON body {\"channel\": string, \"id\"?: string}"}"#.into(),
-            origin.clone(),
-        )
-    };
-    let Ok(request) = serde_json::from_slice::<TokenRequest>(&body) else {
-        return bad();
-    };
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| TokenRefusal::BodyTooLarge)?
+        .to_bytes();
+    let request: TokenRequest = serde_json::from_slice(&body).map_err(|_| TokenRefusal::BadBody)?;
     if !phoenix::valid_topic(&request.channel) {
-        return json(
-            StatusCode::BAD_REQUEST,
-            r#"{"error":"invalid channel"}"#.into(),
-            origin,
-        );
+        return Err(TokenRefusal::InvalidChannel);
     }
     let id = request
         .id
@@ -96,24 +77,15 @@ pub async fn handle(ch: &Channels, req: Request<Incoming>) -> Response<Full<Byte
     let mut claims = serde_json::Map::new();
     claims.insert("id".into(), id.clone().into());
     claims.insert("channel".into(), request.channel.clone().into());
-    let Some(token) = ch.mint(claims) else {
-        return json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"cannot sign"}"#.into(),
-            origin,
-        );
-    };
+    let token = ch.mint(claims).ok_or(TokenRefusal::CannotSign)?;
     let answer = serde_json::json!({"id": id, "channel": request.channel, "token": token});
-    json(StatusCode::OK, answer.to_string(), origin)
+    Ok(answer.to_string())
 }
 
 fn preflight(origin: Option<HeaderValue>) -> Response<Full<Bytes>> {
     let Some(origin) = origin else {
-        return json(
-            StatusCode::FORBIDDEN,
-            r#"{"error":"origin not allowed"}"#.into(),
-            None,
-        );
+        let (status, body) = TokenRefusal::OriginNotAllowed.status_and_body();
+        return json(status, body.into(), None);
     };
     let mut r = json(StatusCode::NO_CONTENT, String::new(), Some(origin));
     let h = r.headers_mut();

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use redis::aio::PubSubStream;
 use tokio::time::{Instant, sleep_until};
 
@@ -17,38 +18,38 @@ use crate::Gateway;
 use crate::backoff::Backoff;
 use crate::metrics::LogLimiter;
 use crate::prism::{self, Inbound};
+use crate::redis::client::RedisError;
+use crate::worker::Part;
 
 /// Why one subscription ended.
 enum End {
     Shutdown,
-    Lost(String),
+    Lost(RedisError),
+    /// The subscription looks connected but delivers nothing.
+    CanaryMissing,
 }
 
 pub async fn run(gw: Arc<Gateway>) {
-    let client = match redis::Client::open(gw.settings.redis.url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            // The URL was validated at start-up; this cannot happen, but never panic a worker.
-            tracing::error!(error = %e, "invalid Redis URL; the node stays not-ready");
-            return;
-        }
-    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let log = LogLimiter::new(Duration::from_secs(1));
     loop {
-        let end = match subscribe(&client, &gw).await {
+        let end = match subscribe(&gw).await {
             Ok(stream) => {
                 gw.metrics.subscriber_connects.fetch_add(1, Relaxed);
                 tracing::info!(channel = %gw.response_channel, "subscribed to the response channel");
                 serve(&gw, stream, &mut backoff, &log).await
             }
-            Err(e) => End::Lost(e),
+            Err(end) => end,
         };
         match end {
             End::Shutdown => return,
-            End::Lost(why) => {
-                gw.set_ready(false);
+            End::Lost(_) | End::CanaryMissing => {
+                gw.set_ready(Part::ResponseChannel, false);
                 let delay = backoff.next_delay();
+                let why = match end {
+                    End::Lost(e) => e.to_string(),
+                    _ => "canary did not come back through the subscription".into(),
+                };
                 tracing::warn!(error = %why, retry_in = ?delay, "response-channel subscription lost");
                 tokio::select! {
                     _ = gw.shutdown.cancelled() => return,
@@ -59,20 +60,20 @@ pub async fn run(gw: Arc<Gateway>) {
     }
 }
 
-async fn subscribe(client: &redis::Client, gw: &Gateway) -> Result<PubSubStream, String> {
-    let timeout = gw.settings.redis.command_timeout;
+async fn subscribe(gw: &Gateway) -> Result<PubSubStream, End> {
     let attempt = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&*gw.response_channel).await?;
-        Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        let mut pubsub = gw.redis.pubsub().await?;
+        let subscribed =
+            tokio::time::timeout(gw.redis.timeout(), pubsub.subscribe(&*gw.response_channel));
+        match subscribed.await {
+            Ok(r) => r?,
+            Err(_) => return Err(RedisError::Timeout("subscribing")),
+        }
+        Ok(pubsub.into_on_message())
     };
     tokio::select! {
-        _ = gw.shutdown.cancelled() => Err("shutting down".into()),
-        r = tokio::time::timeout(timeout, attempt) => match r {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out subscribing".into()),
-        }
+        _ = gw.shutdown.cancelled() => Err(End::Shutdown),
+        r = attempt => r.map_err(End::Lost),
     }
 }
 
@@ -85,8 +86,10 @@ async fn serve(
 ) -> End {
     let redis = &gw.settings.redis;
     let mut seq: u64 = 0;
-    // The canary in flight: its number and when it is overdue.
+    // The canary in flight: its number and when it is overdue; and its publish, run here
+    // rather than on a task of its own, so that it never blocks the reader and ends with it.
     let mut pending: Option<(u64, Instant)> = None;
+    let mut sending: Option<BoxFuture<'static, ()>> = None;
     let mut next_send = Instant::now();
     loop {
         let wake = pending.map_or(next_send, |(_, due)| due);
@@ -95,53 +98,48 @@ async fn serve(
             _ = gw.shutdown.cancelled() => return End::Shutdown,
             msg = stream.next() => {
                 let Some(msg) = msg else {
-                    return End::Lost("connection closed".into());
+                    return End::Lost(RedisError::Closed);
                 };
                 match prism::decode_inbound(msg.get_payload_bytes(), redis.max_reply_size) {
                     Ok(Inbound::Canary(n)) if pending.is_some_and(|(p, _)| p == n) => {
                         pending = None;
                         next_send = Instant::now() + redis.canary_interval;
-                        gw.set_ready(true);
+                        gw.set_ready(Part::ResponseChannel, true);
                         backoff.reset();
                     }
                     // A late or foreign canary proves nothing about the current one.
                     Ok(Inbound::Canary(_)) => {}
-                    Ok(Inbound::Reply(reply)) => crate::relay::deliver(gw, log, reply),
-                    Err(e) => crate::relay::bad_reply(gw, log, e),
+                    Ok(Inbound::Reply(reply)) => crate::routes::relay::deliver(gw, log, reply),
+                    Err(e) => crate::routes::relay::bad_reply(gw, log, e),
                 }
             }
             _ = sleep_until(wake) => {
                 if pending.is_some() {
                     gw.metrics.canary_failures.fetch_add(1, Relaxed);
-                    return End::Lost("canary did not come back through the subscription".into());
+                    return End::CanaryMissing;
                 }
                 seq += 1;
                 pending = Some((seq, Instant::now() + redis.canary_timeout));
-                send_canary(gw, seq);
+                sending = Some(Box::pin(send_canary(gw.clone(), seq)));
             }
+            () = until_sent(&mut sending), if sending.is_some() => sending = None,
         }
     }
 }
 
-/// Publishes a canary without blocking the reader; if it cannot be sent, it simply never
-/// arrives and the deadline does the rest.
-fn send_canary(gw: &Arc<Gateway>, seq: u64) {
-    let gw = gw.clone();
-    tokio::spawn(async move {
-        let timeout = gw.settings.redis.command_timeout;
-        let publish = async {
-            let mut conn = gw.publisher.pool().get().await.map_err(|e| e.to_string())?;
-            redis::cmd("PUBLISH")
-                .arg(&*gw.response_channel)
-                .arg(prism::encode_canary(seq))
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(timeout, publish).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "canary publish failed"),
-            Err(_) => tracing::debug!("canary publish timed out"),
-        }
-    });
+async fn until_sent(sending: &mut Option<BoxFuture<'static, ()>>) {
+    if let Some(f) = sending {
+        f.await;
+    }
+}
+
+/// Publishes a canary; if it cannot be sent, it simply never arrives and the deadline does the
+/// rest.
+async fn send_canary(gw: Arc<Gateway>, seq: u64) {
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(&*gw.response_channel)
+        .arg(prism::encode_canary(seq));
+    if let Err(e) = gw.redis.query::<()>(&cmd).await {
+        tracing::debug!(error = %e, "canary publish failed");
+    }
 }

@@ -14,15 +14,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::{Pool, Runtime};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::config::RedisSettings;
 use crate::metrics::{LogLimiter, Loss, Metrics};
 use crate::prism::EventKind;
+use crate::redis::client::{Redis, RedisError};
+use crate::worker::Workers;
 
 /// What a publish is for, so its fate is counted in the right place.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +60,6 @@ impl Publish {
 #[derive(Clone)]
 pub struct Publisher {
     shards: Arc<[mpsc::Sender<Publish>]>,
-    pool: Pool,
     metrics: Arc<Metrics>,
     /// Bumped when Redis is proven reachable again; a shard backing off gives up its backoff
     /// when this changes, so events right after a recovery are not dropped.
@@ -70,42 +70,39 @@ pub struct Publisher {
 const BATCH: usize = 512;
 
 impl Publisher {
-    /// Starts one worker per shard on `tasks`. Workers finish what is queued once `drain` is
-    /// cancelled, then exit.
+    /// Starts one worker per shard. Unlike other workers they outlive the connections: once
+    /// `workers` is told to stop (after every client has closed and queued its `disconnect`),
+    /// they finish what is queued, then exit.
     pub fn start(
-        settings: &crate::config::RedisSettings,
+        settings: &RedisSettings,
+        redis: Arc<Redis>,
         metrics: Arc<Metrics>,
-        drain: CancellationToken,
-        tasks: &TaskTracker,
-    ) -> Result<Self, crate::error::Error> {
-        let mut cfg = deadpool_redis::Config::from_url(settings.url.clone());
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(settings.publishers + 2));
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| crate::error::Error::Redis(e.to_string()))?;
+        workers: &Workers,
+    ) -> Self {
         let log = Arc::new(LogLimiter::new(Duration::from_secs(5)));
         let recoveries = Arc::new(AtomicU64::new(0));
         let shards = (0..settings.publishers)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(settings.publish_queue);
-                tasks.spawn(worker(
-                    rx,
-                    pool.clone(),
-                    metrics.clone(),
-                    settings.command_timeout,
-                    drain.clone(),
-                    log.clone(),
-                    recoveries.clone(),
-                ));
+                workers.spawn(
+                    "publisher",
+                    worker(
+                        rx,
+                        redis.clone(),
+                        metrics.clone(),
+                        workers.stopping(),
+                        log.clone(),
+                        recoveries.clone(),
+                    ),
+                );
                 tx
             })
             .collect();
-        Ok(Self {
+        Self {
             shards,
-            pool,
             metrics,
             recoveries,
-        })
+        }
     }
 
     /// Tells the shards that Redis works again (the canary came back).
@@ -116,11 +113,6 @@ impl Publisher {
     /// How many times Redis has been proven reachable again; a change means it came back.
     pub fn recoveries(&self) -> u64 {
         self.recoveries.load(Relaxed)
-    }
-
-    /// The pool, for one-off commands (the readiness canary).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 
     /// A shard for a new connection; all its events use it.
@@ -198,9 +190,8 @@ fn count_published(metrics: &Metrics, batch: &mut [Publish], receivers: &[i64]) 
 
 async fn worker(
     mut rx: mpsc::Receiver<Publish>,
-    pool: Pool,
+    redis: Arc<Redis>,
     metrics: Arc<Metrics>,
-    timeout: Duration,
     drain: CancellationToken,
     log: Arc<LogLimiter>,
     recoveries: Arc<AtomicU64>,
@@ -228,7 +219,7 @@ async fn worker(
             lose_batch(&metrics, &mut batch);
             continue;
         }
-        match send(&mut conn, &pool, &batch, timeout).await {
+        match send(&mut conn, &redis, &batch).await {
             Ok(receivers) => {
                 metrics.publish_batches.fetch_add(1, Relaxed);
                 count_published(&metrics, &mut batch, &receivers);
@@ -259,10 +250,9 @@ fn lose_batch(metrics: &Metrics, batch: &mut [Publish]) {
 
 async fn send(
     conn: &mut Option<deadpool_redis::Connection>,
-    pool: &Pool,
+    redis: &Redis,
     batch: &[Publish],
-    timeout: Duration,
-) -> Result<Vec<i64>, String> {
+) -> Result<Vec<i64>, RedisError> {
     let mut pipe = redis::pipe();
     for p in batch {
         pipe.publish(&*p.channel, p.payload.as_ref());
@@ -271,28 +261,12 @@ async fn send(
     // anything; one retry on a fresh connection keeps that from losing the batch. A timeout is
     // not retried: Redis may have executed the pipeline, and a retry would duplicate it.
     let reused = conn.is_some();
-    match send_once(conn, pool, &pipe, timeout).await {
-        Err(Failure::Dropped(_)) if reused => {
+    match send_once(conn, redis, &pipe).await {
+        Err(e) if reused && e.is_dropped() => {
             discard(conn);
-            send_once(conn, pool, &pipe, timeout)
-                .await
-                .map_err(Failure::into_message)
+            send_once(conn, redis, &pipe).await
         }
-        r => r.map_err(Failure::into_message),
-    }
-}
-
-enum Failure {
-    /// The connection was found broken before the command went out.
-    Dropped(String),
-    Other(String),
-}
-
-impl Failure {
-    fn into_message(self) -> String {
-        match self {
-            Self::Dropped(m) | Self::Other(m) => m,
-        }
+        r => r,
     }
 }
 
@@ -305,26 +279,15 @@ fn discard(conn: &mut Option<deadpool_redis::Connection>) {
 
 async fn send_once(
     conn: &mut Option<deadpool_redis::Connection>,
-    pool: &Pool,
+    redis: &Redis,
     pipe: &redis::Pipeline,
-    timeout: Duration,
-) -> Result<Vec<i64>, Failure> {
+) -> Result<Vec<i64>, RedisError> {
     let c = match conn {
         Some(c) => c,
-        None => {
-            let c = tokio::time::timeout(timeout, pool.get())
-                .await
-                .map_err(|_| Failure::Other("timed out connecting".into()))?
-                .map_err(|e| Failure::Other(e.to_string()))?;
-            conn.insert(c)
-        }
+        None => conn.insert(redis.connection().await?),
     };
-    match tokio::time::timeout(timeout, pipe.query_async::<Vec<i64>>(c)).await {
-        Err(_) => Err(Failure::Other("timed out publishing".into())),
-        Ok(Ok(receivers)) => Ok(receivers),
-        Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
-            Err(Failure::Dropped(e.to_string()))
-        }
-        Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+    match tokio::time::timeout(redis.timeout(), pipe.query_async::<Vec<i64>>(c)).await {
+        Err(_) => Err(RedisError::Timeout("publishing")),
+        Ok(r) => Ok(r?),
     }
 }

@@ -16,10 +16,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Gateway;
 use crate::backoff::Backoff;
-use crate::config::HttpService;
+use crate::config::HttpService as Settings;
 use crate::metrics::{HttpResult, LogLimiter};
-use crate::prism::{self, Action, ClientData, EventKind, Peer};
-use crate::registry::Handle;
+use crate::prism::{self, Action, ClientData, EventKind};
+use crate::routes::peer::PeerInfo;
+use crate::routes::registry::Handle;
 
 /// Consecutive failures of one URL before it is backed off.
 const FAILURES_BEFORE_BACKOFF: u32 = 3;
@@ -27,11 +28,11 @@ const FAILURES_BEFORE_BACKOFF: u32 = 3;
 const LANE_QUEUE: usize = 256;
 
 /// A configured HTTP service with its runtime state.
-pub struct LegacyService {
+pub struct HttpService {
     pub name: String,
     /// Index into `Metrics::http`.
     pub metrics: usize,
-    pub config: HttpService,
+    pub config: Settings,
     headers: reqwest::header::HeaderMap,
     in_flight: Semaphore,
     next_url: AtomicUsize,
@@ -39,9 +40,9 @@ pub struct LegacyService {
     log: LogLimiter,
 }
 
-impl std::fmt::Debug for LegacyService {
+impl std::fmt::Debug for HttpService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LegacyService")
+        f.debug_struct("HttpService")
             .field("name", &self.name)
             .field("urls", &self.config.urls)
             .finish_non_exhaustive()
@@ -54,8 +55,8 @@ struct UrlHealth {
     down_until: Option<Instant>,
 }
 
-impl LegacyService {
-    pub fn new(name: String, metrics: usize, config: HttpService) -> Self {
+impl HttpService {
+    pub fn new(name: String, metrics: usize, config: Settings) -> Self {
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &config.headers {
             // Validated in config.
@@ -148,29 +149,6 @@ impl Data {
     }
 }
 
-/// Who a lane's requests are about.
-pub struct PeerInfo {
-    pub id: crate::ids::ConnectionId,
-    pub route: Arc<crate::routes::Route>,
-    pub remote_address: String,
-    pub remote_port: u16,
-    pub user: Option<String>,
-    pub claims: Option<Box<serde_json::value::RawValue>>,
-}
-
-impl PeerInfo {
-    pub fn peer(&self) -> Peer<'_> {
-        Peer {
-            id: self.id.as_str(),
-            route: &self.route.path,
-            remote_address: &self.remote_address,
-            remote_port: self.remote_port,
-            user: self.user.as_deref(),
-            claims: self.claims.as_deref(),
-        }
-    }
-}
-
 pub struct Job {
     kind: EventKind,
     data: Option<Data>,
@@ -179,14 +157,14 @@ pub struct Job {
 /// The session's end of one lane.
 pub struct Lane {
     tx: mpsc::Sender<Job>,
-    service: Arc<LegacyService>,
+    service: Arc<HttpService>,
 }
 
 impl Lane {
     /// Starts the lane task for `service` on `gw.tasks`.
     pub fn start(
         gw: &Arc<Gateway>,
-        service: Arc<LegacyService>,
+        service: Arc<HttpService>,
         peer: Arc<PeerInfo>,
         conn: Handle,
     ) -> Self {
@@ -215,7 +193,7 @@ impl Lane {
 
 async fn run(
     gw: Arc<Gateway>,
-    service: Arc<LegacyService>,
+    service: Arc<HttpService>,
     peer: Arc<PeerInfo>,
     conn: Handle,
     mut rx: mpsc::Receiver<Job>,
@@ -258,7 +236,7 @@ async fn run(
             Ok(actions) => {
                 metrics.count(HttpResult::Ok);
                 if job.kind != EventKind::Disconnect {
-                    crate::relay::push_actions(&gw, &conn, actions);
+                    crate::routes::relay::push_actions(&gw, &conn, actions);
                 }
             }
             Err(r) => {
@@ -266,7 +244,7 @@ async fn run(
                 if service.log.allow() {
                     tracing::warn!(
                         service = %service.name,
-                        route = %peer.route.path,
+                        route = %peer.route,
                         result = r.as_str(),
                         "HTTP service request failed; nothing was sent to the client"
                     );
@@ -281,11 +259,7 @@ async fn run(
 }
 
 /// One POST, bounded by the service's in-flight limit and timeout.
-async fn post(
-    gw: &Gateway,
-    service: &LegacyService,
-    body: Bytes,
-) -> Result<Vec<Action>, HttpResult> {
+async fn post(gw: &Gateway, service: &HttpService, body: Bytes) -> Result<Vec<Action>, HttpResult> {
     let _permit = service
         .in_flight
         .acquire()
@@ -312,7 +286,7 @@ async fn post(
 
 async fn request(
     gw: &Gateway,
-    service: &LegacyService,
+    service: &HttpService,
     i: usize,
     body: Bytes,
 ) -> Result<Vec<Action>, HttpResult> {

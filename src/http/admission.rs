@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, ORIGIN};
 use hyper::{StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use crate::Gateway;
 use crate::auth::{TokenError, Verifier};
 use crate::config::{AdmissionSettings, AuthSettings, HookSettings};
+use crate::http::upgrade::{offered_protocols, query_pairs};
 use crate::metrics::Denial;
 
 /// Subprotocol prefix that carries a token, for browsers (which cannot set headers):
@@ -175,16 +176,6 @@ fn find_token(headers: &HeaderMap, uri: &Uri, param: &str) -> Option<String> {
         .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX).map(str::to_owned))
 }
 
-fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-}
-
 /// A client that offers subprotocols must get one back, or the browser drops the connection:
 /// the first one that is not a token, else the token protocol itself.
 fn chosen_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -194,17 +185,6 @@ fn chosen_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .find(|p| !p.starts_with(BEARER_PROTOCOL_PREFIX))
         .unwrap_or(first);
     HeaderValue::from_str(pick).ok()
-}
-
-/// Query parameters, percent-decoded; the last value of a repeated name wins.
-fn query_pairs(uri: &Uri) -> BTreeMap<String, String> {
-    uri.query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `https://app.example.com` matches exactly (case-insensitive); `*.example.com` matches any

@@ -1,19 +1,17 @@
-//! The live connections of this node, by id: where a service reply finds its client.
+//! One client's outbound queue and kill switch, shared by whoever produces frames for it (the
+//! Redis reader, a legacy HTTP lane, the Channels hub) and the driver that writes them.
 //!
-//! A sharded concurrent map, so the Redis reader and thousands of sessions never contend on one
-//! lock. Each connection's [`Control`] holds its outbound queue: the reader only ever pushes into
-//! it (never awaits), and the session drains it.
+//! Producers only ever push (never await). A queue at its limit means the client is not keeping
+//! up: the push refuses the frame and asks the driver to close the client as slow, here and
+//! nowhere else, so nobody else's frames wait for it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use dashmap::DashMap;
 use hyper_tungstenite::tungstenite::Message;
 use tokio::sync::Notify;
 
-use crate::ids::ConnectionId;
 use crate::metrics::CloseReason;
 
 /// Why a frame was not queued.
@@ -34,7 +32,7 @@ struct Outbox {
     closed: bool,
 }
 
-/// A session's shared state: how anyone but the session itself ends it (set a reason, wake it),
+/// A client's shared state: how anyone but the session itself ends it (set a reason, wake it),
 /// and its bounded outbound queue.
 #[derive(Debug)]
 pub struct Control {
@@ -71,7 +69,7 @@ impl Control {
     }
 
     /// Queues a frame for the client, unless that would pass a limit or the session has ended.
-    /// Never waits.
+    /// Never waits. A full queue also asks the driver to close the client as slow.
     pub fn push(&self, message: Message) -> Result<(), Refused> {
         let size = message.len();
         let mut outbox = self.lock();
@@ -79,6 +77,8 @@ impl Control {
             return Err(Refused::Closed);
         }
         if outbox.frames.len() >= self.max_frames || outbox.bytes + size > self.max_bytes {
+            drop(outbox);
+            self.kill(CloseReason::SlowClient);
             return Err(Refused::Full);
         }
         let was_empty = outbox.frames.is_empty();
@@ -142,41 +142,6 @@ impl Control {
 /// Queue capacity (in frames) kept after the queue empties; more is freed.
 const SHRINK_ABOVE: usize = 16;
 
-/// What the rest of the node holds of a session.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    pub route: usize,
-    pub control: Arc<Control>,
-}
-
-#[derive(Debug, Default)]
-pub struct Registry {
-    map: DashMap<ConnectionId, Handle>,
-}
-
-impl Registry {
-    pub fn insert(&self, id: ConnectionId, handle: Handle) {
-        self.map.insert(id, handle);
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.map.remove(id);
-    }
-
-    /// A clone of the handle, so no map lock is held while the caller works.
-    pub fn get(&self, id: &str) -> Option<Handle> {
-        self.map.get(id).map(|h| h.clone())
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +156,11 @@ mod tests {
         assert_eq!(c.push(text("a")), Ok(()));
         assert_eq!(c.push(text("b")), Ok(()));
         assert_eq!(c.push(text("c")), Err(Refused::Full));
+        assert_eq!(
+            c.reason(),
+            Some(CloseReason::SlowClient),
+            "a full queue kills as slow"
+        );
         assert_eq!(c.pop(), Some(text("a")));
         assert_eq!(c.push(text("c")), Ok(()));
         assert_eq!(c.pop(), Some(text("b")));

@@ -1,7 +1,7 @@
 //! Where a service reply becomes frames on one client's outbound queue.
 //!
 //! Called from the Redis reader, so nothing here awaits: a full queue means a slow client, which
-//! is closed rather than allowed to stall everyone else's replies.
+//! the queue closes rather than let it stall everyone else's replies.
 
 use bytes::Bytes;
 use hyper_tungstenite::tungstenite::Message;
@@ -9,10 +9,11 @@ use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::Gateway;
-use crate::metrics::{CloseReason, LogLimiter, ReplyDrop};
+use crate::metrics::{LogLimiter, ReplyDrop};
 use crate::prism::{self, Action, Payload, Reply, ReplyError};
-use crate::publisher::{Publish, Tag};
-use crate::registry::{Handle, Refused};
+use crate::redis::publisher::{Publish, Tag};
+use crate::routes::registry::Handle;
+use crate::ws::queue::Refused;
 
 /// Counts and (rate-limited) logs a message on the response channel that could not be decoded.
 pub fn bad_reply(gw: &Gateway, log: &LogLimiter, e: ReplyError) {
@@ -79,7 +80,6 @@ fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
             }
             Err(Refused::Full) => {
                 gw.metrics.reply_dropped(ReplyDrop::SlowClient);
-                conn.control.kill(CloseReason::SlowClient);
                 return false;
             }
             Err(Refused::Closed) => {

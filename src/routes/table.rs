@@ -3,29 +3,27 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use std::sync::atomic::AtomicUsize;
-
-use crate::admission::Gate;
 use crate::config::{RateLimit, Service, Settings};
-use crate::legacy::LegacyService;
+use crate::http::admission::Gate;
+use crate::http::limits::Limit;
+use crate::routes::http_service::HttpService;
 
 /// A configured route, ready for the hot path.
 #[derive(Debug)]
 pub struct Route {
     /// Index into the route list and into per-route metrics.
     pub index: usize,
-    pub path: String,
+    pub path: Arc<str>,
     /// Service names; a reply must name one of them.
     pub services: BTreeSet<String>,
-    /// Distinct request channels: services sharing a channel get one publish per event.
-    pub channels: Vec<Arc<str>>,
+    /// Distinct Redis request channels: services sharing a channel get one publish per event.
+    pub request_channels: Vec<Arc<str>>,
     /// Legacy HTTP services, each POSTed every event.
-    pub http: Vec<Arc<LegacyService>>,
-    pub max_connections: Option<usize>,
+    pub http: Vec<Arc<HttpService>>,
+    /// `max_connections`: live connections on this route, on this node.
+    pub limit: Option<Arc<Limit>>,
     pub max_message_size: usize,
     pub rate_limit: Option<RateLimit>,
-    /// Connection slots in use on this route.
-    pub live: AtomicUsize,
     /// Who may connect.
     pub gate: Gate,
 }
@@ -59,22 +57,21 @@ impl RouteTable {
                     Service::Http(config) => {
                         let index = table.http_count;
                         table.http_count += 1;
-                        http.push(Arc::new(LegacyService::new(name.clone(), index, config)));
+                        http.push(Arc::new(HttpService::new(name.clone(), index, config)));
                     }
                 }
             }
             let route = Arc::new(Route {
                 index,
-                path: path.clone(),
+                path: path.as_str().into(),
                 services: route.services.keys().cloned().collect(),
-                channels: channels.into_iter().map(Arc::from).collect(),
+                request_channels: channels.into_iter().map(Arc::from).collect(),
                 http,
-                max_connections: route.max_connections,
+                limit: route.max_connections.map(Limit::new),
                 max_message_size: route
                     .max_message_size
                     .unwrap_or(settings.server.max_message_size),
                 rate_limit: route.rate_limit,
-                live: AtomicUsize::new(0),
                 gate: Gate::new(
                     &settings.server.admission,
                     &route.admission,
@@ -101,7 +98,7 @@ impl RouteTable {
     }
 
     /// Every legacy HTTP service with its route, in metrics-index order.
-    pub fn http_services(&self) -> impl Iterator<Item = (&Arc<Route>, &Arc<LegacyService>)> {
+    pub fn http_services(&self) -> impl Iterator<Item = (&Arc<Route>, &Arc<HttpService>)> {
         self.list
             .iter()
             .flat_map(|r| r.http.iter().map(move |s| (r, s)))
@@ -130,7 +127,7 @@ mod tests {
         .unwrap();
         let t = RouteTable::new(&s);
         let r = t.get("/quotes").unwrap();
-        assert_eq!(r.channels.len(), 2);
+        assert_eq!(r.request_channels.len(), 2);
         assert!(r.has_service("chartservice") && !r.has_service("nope"));
         assert!(t.get("/quotes/").is_none());
     }

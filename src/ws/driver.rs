@@ -1,0 +1,282 @@
+//! The one loop every open WebSocket runs, route sessions and Channels sockets alike: it writes
+//! the client's outbound queue in batches, reads its frames, keeps the connection alive, and
+//! ends it with the right close frame, whoever asks (the client, the front door's handler, a
+//! producer that found the queue full, a timer, or shutdown).
+//!
+//! What a frame *means* is the front door's business: the driver hands every text and binary
+//! frame to a [`Handler`]. The driver is generic over the socket, so a handler can be driven
+//! over in-memory channels in tests as well as over a real connection.
+
+use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hyper_tungstenite::tungstenite::protocol::CloseFrame;
+use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use hyper_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Close, close_for_read_error};
+use crate::metrics::CloseReason;
+use crate::ws::queue::Control;
+
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long to wait for the client's side of a close handshake.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A WebSocket as the driver needs it: frames in, frames out.
+pub trait Socket:
+    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
+{
+}
+
+impl<T> Socket for T where
+    T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
+{
+}
+
+/// A data frame from the client.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// What a front door does with its clients. Returning `Some(close)` ends the connection with
+/// that close frame.
+pub trait Handler: Send {
+    /// A text or binary frame from the client.
+    fn on_data(&mut self, data: Data<'_>) -> impl Future<Output = Option<Close>> + Send;
+
+    /// When [`Handler::on_deadline`] is next due (a token's expiry), if ever.
+    fn deadline(&self) -> Option<Instant>;
+
+    /// The deadline passed.
+    fn on_deadline(&mut self) -> impl Future<Output = Option<Close>> + Send;
+}
+
+/// The timers of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long one write may take before the client is considered stuck.
+    pub write_timeout: Duration,
+    /// A client that sends nothing for this long is closed with 1001.
+    pub idle_timeout: Duration,
+    /// Ping this often; `None` where clients send heartbeats of their own (Channels).
+    pub ping_interval: Option<Duration>,
+}
+
+/// Runs one connection until it ends; returns why it ended. `control` is the connection's
+/// queue and kill switch; the caller closes it afterwards.
+pub async fn drive<S: Socket, H: Handler>(
+    ws: &mut S,
+    control: &Control,
+    shutdown: &CancellationToken,
+    timing: Timing,
+    handler: &mut H,
+) -> CloseReason {
+    let Timing {
+        write_timeout,
+        idle_timeout,
+        ping_interval,
+    } = timing;
+    let mut last_seen = Instant::now();
+    let mut next_ping = ping_interval.map(|every| last_seen + every);
+    // Made once and polled on every turn: making them anew each turn would register and
+    // unregister a waiter each time. The one timer serves both idleness and pings; it is pushed
+    // back when it fires early rather than reset on every frame.
+    let mut shutdown = pin!(shutdown.cancelled());
+    let mut killed = pin!(control.killed());
+    let mut ready = pin!(control.ready());
+    let mut timer = pin!(sleep_until(wake_at(last_seen, idle_timeout, next_ping)));
+    // Only connections with a deadline carry its timer, in a box of its own.
+    let mut deadline: Option<(Instant, Pin<Box<Sleep>>)> = None;
+    loop {
+        if let Some(first) = control.pop() {
+            let written = tokio::select! {
+                biased;
+                // What was already written is flushed before the close frame says why.
+                why = &mut killed => return close(ws, Close::for_kill(why)).await,
+                r = tokio::time::timeout(write_timeout, write_batch(ws, control, first)) => r,
+            };
+            match written {
+                Ok(Ok(false)) => continue,
+                Ok(Ok(true)) => {
+                    // A service asked for the close; the close frame is on its way.
+                    Box::pin(linger(ws)).await;
+                    return CloseReason::DroppedByService;
+                }
+                Ok(Err(_)) => return CloseReason::ConnectionLost,
+                Err(_) => return CloseReason::WriteTimeout,
+            }
+        }
+        follow(&mut deadline, handler.deadline());
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return close(ws, Close::SHUTDOWN).await,
+            why = &mut killed => return close(ws, Close::for_kill(why)).await,
+            () = &mut ready => ready.set(control.ready()),
+            () = until(&mut deadline) => {
+                deadline = None;
+                if let Some(c) = handler.on_deadline().await {
+                    return close(ws, c).await;
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= last_seen + idle_timeout {
+                    return close(ws, Close::IDLE).await;
+                }
+                if let (Some(at), Some(every)) = (next_ping, ping_interval)
+                    && now >= at
+                {
+                    next_ping = Some(now + every);
+                    let ping = ws.send(Message::Ping(Bytes::new()));
+                    match tokio::time::timeout(write_timeout, ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return CloseReason::ConnectionLost,
+                        Err(_) => return CloseReason::WriteTimeout,
+                    }
+                }
+                timer.as_mut().reset(wake_at(last_seen, idle_timeout, next_ping));
+            }
+            frame = ws.next() => {
+                last_seen = Instant::now();
+                let data = match &frame {
+                    Some(Ok(Message::Text(text))) => Some(Data::Text(text.as_str())),
+                    Some(Ok(Message::Binary(bytes))) => Some(Data::Binary(bytes)),
+                    _ => None,
+                };
+                if let Some(data) = data {
+                    if let Some(c) = handler.on_data(data).await {
+                        return close(ws, c).await;
+                    }
+                } else if let Some(why) = on_control_frame(frame, ws, write_timeout).await {
+                    return why;
+                }
+            }
+        }
+    }
+}
+
+/// When the one timer next has something to do: check idleness, or ping.
+fn wake_at(last_seen: Instant, idle: Duration, next_ping: Option<Instant>) -> Instant {
+    let idle_at = last_seen + idle;
+    next_ping.map_or(idle_at, |p| p.min(idle_at))
+}
+
+/// Makes `timer` sleep until `want`, creating, moving or dropping it as needed.
+fn follow(timer: &mut Option<(Instant, Pin<Box<Sleep>>)>, want: Option<Instant>) {
+    match (timer.as_mut(), want) {
+        (Some((at, _)), Some(w)) if *at == w => {}
+        (Some((at, sleep)), Some(w)) => {
+            *at = w;
+            sleep.as_mut().reset(w);
+        }
+        (None, Some(w)) => *timer = Some((w, Box::pin(sleep_until(w)))),
+        (_, None) => *timer = None,
+    }
+}
+
+/// Sleeps until the timer fires, or forever when there is none.
+async fn until(timer: &mut Option<(Instant, Pin<Box<Sleep>>)>) {
+    match timer {
+        Some((_, sleep)) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Handles what a client sent that is not data: a close (answered), a ping (answered), a read
+/// error (closed with the code it deserves) or the end of the stream. Returns why the connection
+/// ended, or `None` to go on.
+///
+/// Boxed, like the other once-per-connection paths: a connection's future is as big as its
+/// biggest state, and every connection holds one for as long as it is open.
+fn on_control_frame<S: Socket>(
+    frame: Option<Result<Message, WsError>>,
+    ws: &mut S,
+    write_timeout: Duration,
+) -> BoxFuture<'_, Option<CloseReason>> {
+    Box::pin(async move {
+        match frame {
+            Some(Ok(Message::Close(_))) => {
+                // tungstenite queued the close reply; flushing sends it.
+                let _ = tokio::time::timeout(CLOSE_LINGER, ws.flush()).await;
+                Some(CloseReason::ClientClosed)
+            }
+            // Pings are answered by tungstenite on the next write or flush.
+            Some(Ok(Message::Ping(_))) => {
+                let _ = tokio::time::timeout(write_timeout, ws.flush()).await;
+                None
+            }
+            Some(Ok(_)) => None,
+            Some(Err(e)) => {
+                let (reply, why) = close_for_read_error(&e);
+                if let Some(reply) = reply {
+                    close(ws, reply).await;
+                }
+                Some(why)
+            }
+            None => Some(CloseReason::ConnectionLost),
+        }
+    })
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once. Returns true when a
+/// close frame was written (nothing may follow it).
+///
+/// Written against the sink's poll functions rather than `feed().await`: a `Feed` future per
+/// frame would make this future, and so every connection's, several hundred bytes bigger.
+async fn write_batch<S: Socket>(
+    ws: &mut S,
+    control: &Control,
+    first: Message,
+) -> Result<bool, WsError> {
+    let mut next = Some(first);
+    let mut closing = false;
+    let mut written = 0;
+    std::future::poll_fn(|cx| {
+        while let Some(message) = next.take() {
+            if ws.poll_ready_unpin(cx)?.is_pending() {
+                next = Some(message);
+                return Poll::Pending;
+            }
+            closing = matches!(message, Message::Close(_));
+            ws.start_send_unpin(message)?;
+            written += 1;
+            if !closing && written < WRITE_BATCH {
+                next = control.pop();
+            }
+        }
+        ws.poll_flush_unpin(cx).map_ok(|()| closing)
+    })
+    .await
+}
+
+/// Sends a close frame (bounded in time) and waits briefly for the client's answer, so the
+/// frame is not lost to a reset. Returns the close's reason for counting.
+fn close<S: Socket>(ws: &mut S, close: Close) -> BoxFuture<'_, CloseReason> {
+    Box::pin(async move {
+        let frame = Message::Close(Some(CloseFrame {
+            code: CloseCode::from(close.code),
+            reason: close.reason.into(),
+        }));
+        if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LINGER, ws.send(frame)).await {
+            linger(ws).await;
+        }
+        close.why
+    })
+}
+
+/// Reads (and discards) until the client closes its side, for at most [`CLOSE_LINGER`].
+async fn linger<S: Socket>(ws: &mut S) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
