@@ -110,35 +110,23 @@ pub struct Close {
 }
 
 impl Close {
-    pub const SHUTDOWN: Close = Close {
-        code: 1001,
-        reason: "server shutting down",
-        why: CloseReason::Shutdown,
-    };
+    const fn new(code: u16, reason: &'static str, why: CloseReason) -> Self {
+        Self { code, reason, why }
+    }
 
-    pub const IDLE: Close = Close {
-        code: 1001,
-        reason: "idle timeout",
-        why: CloseReason::IdleTimeout,
-    };
+    pub const SHUTDOWN: Close = Close::new(1001, "server shutting down", CloseReason::Shutdown);
 
-    pub const TOKEN_EXPIRED: Close = Close {
-        code: 4001,
-        reason: "token expired",
-        why: CloseReason::TokenExpired,
-    };
+    pub const IDLE: Close = Close::new(1001, "idle timeout", CloseReason::IdleTimeout);
 
-    pub const RATE_LIMIT: Close = Close {
-        code: 1008,
-        reason: "rate limit",
-        why: CloseReason::RateLimited,
-    };
+    pub const TOKEN_EXPIRED: Close = Close::new(4001, "token expired", CloseReason::TokenExpired);
 
-    pub const TOO_MANY_BAD_FRAMES: Close = Close {
-        code: 1007,
-        reason: "too many malformed frames",
-        why: CloseReason::ProtocolError,
-    };
+    pub const RATE_LIMIT: Close = Close::new(1008, "rate limit", CloseReason::RateLimited);
+
+    pub const TOO_MANY_BAD_FRAMES: Close = Close::new(
+        1007,
+        "too many malformed frames",
+        CloseReason::ProtocolError,
+    );
 
     /// The close for a connection ended from outside (see [`crate::ws::queue::Control`]).
     pub fn for_kill(why: CloseReason) -> Close {
@@ -155,36 +143,24 @@ impl Close {
 /// What a failed read from a client means: the close frame to try to send (if the socket can
 /// still carry one) and how it is counted.
 pub fn close_for_read_error(e: &WsError) -> (Option<Close>, CloseReason) {
-    match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => (
-            Some(Close {
-                code: 1009,
-                reason: "message too large",
-                why: CloseReason::MessageTooLarge,
-            }),
-            CloseReason::MessageTooLarge,
-        ),
-        WsError::Utf8(_) => (
-            Some(Close {
-                code: 1007,
-                reason: "text frame is not valid UTF-8",
-                why: CloseReason::InvalidUtf8,
-            }),
+    let close = match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Close::new(1009, "message too large", CloseReason::MessageTooLarge)
+        }
+        WsError::Utf8(_) => Close::new(
+            1007,
+            "text frame is not valid UTF-8",
             CloseReason::InvalidUtf8,
         ),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            (None, CloseReason::ConnectionLost)
+            return (None, CloseReason::ConnectionLost);
         }
-        WsError::Protocol(_) | WsError::Capacity(_) | WsError::AttackAttempt => (
-            Some(Close {
-                code: 1002,
-                reason: "protocol error",
-                why: CloseReason::ProtocolError,
-            }),
-            CloseReason::ProtocolError,
-        ),
-        _ => (None, CloseReason::ConnectionLost),
-    }
+        WsError::Protocol(_) | WsError::Capacity(_) | WsError::AttackAttempt => {
+            Close::new(1002, "protocol error", CloseReason::ProtocolError)
+        }
+        _ => return (None, CloseReason::ConnectionLost),
+    };
+    (Some(close), close.why)
 }
 
 /// Why the token endpoint refused a request: its status and JSON body.

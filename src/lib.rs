@@ -119,6 +119,67 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The node's shared state, from validated settings. Nothing connects yet; the publisher's
+    /// shards start on `workers`. With Channels, the receiver is the bridge's command queue.
+    pub fn new(
+        settings: Settings,
+        shutdown: CancellationToken,
+        workers: &Workers,
+    ) -> Result<(Arc<Self>, Option<BridgeCommands>), Error> {
+        let node = settings
+            .node_id
+            .clone()
+            .map(NodeId::new)
+            .unwrap_or_else(NodeId::generate);
+        let response_channel = format!("{}.{}", settings.redis.response_channel, node).into();
+        let routes = RouteTable::new(&settings);
+        let metrics = Arc::new(Metrics::new(
+            routes.iter().map(|r| r.path.to_string()),
+            routes
+                .http_services()
+                .map(|(r, s)| (r.path.to_string(), s.name.clone())),
+        ));
+        let http_client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build()?;
+        let redis = Arc::new(Redis::open(&settings.redis)?);
+        let publisher = Publisher::start(&settings.redis, redis.clone(), metrics.clone(), workers);
+        let (channels, commands) = match settings.channels.clone() {
+            Some(c) => {
+                let (ch, cmds) = Channels::new(c, metrics.clone(), settings.redis.command_timeout);
+                (Some(ch), Some(cmds))
+            }
+            None => (None, None),
+        };
+        let presence = channels
+            .as_ref()
+            .is_some_and(|ch| ch.settings.presence.enabled);
+        let gateway = Gateway {
+            node,
+            response_channel,
+            live: Limit::new(settings.server.max_connections),
+            settings,
+            routes,
+            registry: Registry::default(),
+            metrics,
+            redis,
+            publisher,
+            http_client,
+            channels,
+            readiness: Readiness::new(presence),
+            per_ip: Arc::default(),
+            shutdown,
+            tasks: TaskTracker::new(),
+        };
+        Ok((Arc::new(gateway), commands))
+    }
+}
+
+/// What the Channels endpoint asks of its Redis bridge.
+pub type BridgeCommands = tokio::sync::mpsc::UnboundedReceiver<channels::bridge::Cmd>;
+
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then drains: clients are closed
 /// with 1001, their `disconnect` events published, and queued publishes flushed, all within
 /// `server.shutdown_grace`.
@@ -127,51 +188,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let node = settings
-        .node_id
-        .clone()
-        .map(NodeId::new)
-        .unwrap_or_else(NodeId::generate);
-    let response_channel: Arc<str> = format!("{}.{}", settings.redis.response_channel, node).into();
-    let routes = RouteTable::new(&settings);
-    let metrics = Arc::new(Metrics::new(
-        routes.iter().map(|r| r.path.to_string()),
-        routes
-            .http_services()
-            .map(|(r, s)| (r.path.to_string(), s.name.clone())),
-    ));
-    let http_client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build()?;
-    let redis = Arc::new(Redis::open(&settings.redis)?);
-    let workers = Workers::default();
-    let publisher = Publisher::start(&settings.redis, redis.clone(), metrics.clone(), &workers);
     let grace = settings.server.shutdown_grace;
-    let channels = settings
-        .channels
-        .clone()
-        .map(|c| Channels::new(c, metrics.clone(), settings.redis.command_timeout));
-    let presence = channels
-        .as_ref()
-        .is_some_and(|(ch, _)| ch.settings.presence.enabled);
-    let gateway = Arc::new(Gateway {
-        node,
-        response_channel,
-        live: Limit::new(settings.server.max_connections),
-        settings,
-        routes,
-        registry: Registry::default(),
-        metrics,
-        redis,
-        publisher,
-        http_client,
-        channels: channels.as_ref().map(|(ch, _)| ch.clone()),
-        readiness: Readiness::new(presence),
-        per_ip: Arc::default(),
-        shutdown: shutdown.clone(),
-        tasks: TaskTracker::new(),
-    });
+    let workers = Workers::default();
+    let (gateway, bridge_commands) = Gateway::new(settings, shutdown, &workers)?;
     tracing::info!(
         node = %gateway.node,
         response_channel = %gateway.response_channel,
@@ -179,10 +198,10 @@ pub async fn run(
         "refract starting"
     );
     workers.spawn("subscriber", redis::subscriber::run(gateway.clone()));
-    if let Some((ch, cmds)) = channels {
+    if let (Some(ch), Some(cmds)) = (&gateway.channels, bridge_commands) {
         let bridge = channels::bridge::run(gateway.clone(), ch.hub.clone(), cmds);
         workers.spawn("channels bridge", bridge);
-        if presence {
+        if ch.settings.presence.enabled {
             workers.spawn(
                 "presence",
                 channels::presence::run(gateway.clone(), ch.clone()),

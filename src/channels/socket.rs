@@ -63,27 +63,29 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>, upgrade: HyperWebsocket, a
             return;
         }
     };
-    let conn = ConnectionId::random();
-    // Fan-out frames are shared between sockets, so the queue is bounded in frames only.
-    let control = Arc::new(Control::new(ch.settings.outbound_queue, usize::MAX));
-    let socket = Socket {
-        shard: gw.publisher.pick_shard(),
-        gw: gw.clone(),
-        ch,
-        conn: conn.clone(),
-        control,
-        joined: HashMap::new(),
-        credential: admitted.credential,
-        bad_frames: 0,
-        _slot: admitted.slot,
-    };
-    let span = tracing::debug_span!("socket", conn.id = %conn);
+    let socket = Socket::new(gw.clone(), ch, admitted);
+    let span = tracing::debug_span!("socket", conn.id = %socket.conn);
     // A task of its own, as a route session is: it does not carry the upgrade's state.
     gw.tasks
         .spawn(tracing::Instrument::instrument(socket.serve(ws), span));
 }
 
 impl Socket {
+    fn new(gw: Arc<Gateway>, ch: Arc<Channels>, admitted: Admitted) -> Self {
+        Self {
+            shard: gw.publisher.pick_shard(),
+            conn: ConnectionId::random(),
+            // Fan-out frames are shared between sockets, so the queue is bounded in frames only.
+            control: Arc::new(Control::new(ch.settings.outbound_queue, usize::MAX)),
+            gw,
+            ch,
+            joined: HashMap::new(),
+            credential: admitted.credential,
+            bad_frames: 0,
+            _slot: admitted.slot,
+        }
+    }
+
     /// The socket's whole life once it is open.
     // Not an `async fn`, so its arguments are held once, not twice (see the route session).
     #[allow(clippy::manual_async_fn)]
@@ -400,5 +402,91 @@ impl Handler for Socket {
     async fn on_deadline(&mut self) -> Option<Close> {
         self.expire_tokens().await;
         None
+    }
+}
+
+/// The socket handler driven over in-memory channels, without a network and without Redis: what
+/// a socket answers on its own.
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::worker::Workers;
+    use crate::ws::driver::pipe;
+
+    const SECRET: &str = "a-test-secret-of-32-bytes-length";
+
+    /// A socket of a gateway whose Redis nobody answers (port 1): never ready.
+    fn start() -> (pipe::Client, tokio::task::JoinHandle<()>, Arc<Gateway>) {
+        let toml = format!(
+            "[redis]\nurl = \"redis://127.0.0.1:1\"\n[channels]\njwt_secret = \"{SECRET}\"\n"
+        );
+        let settings = crate::Settings::from_toml(&toml).unwrap();
+        let (gw, _) = Gateway::new(settings, Default::default(), &Workers::default()).unwrap();
+        let ch = gw.channels.clone().unwrap();
+        let slot = ConnectionSlot::reserve(&gw.live, None, None).unwrap();
+        let socket = Socket::new(
+            gw.clone(),
+            ch,
+            Admitted {
+                slot,
+                credential: None,
+            },
+        );
+        let (ws, client) = pipe::new();
+        (client, tokio::spawn(socket.serve(ws)), gw)
+    }
+
+    async fn next_json(client: &mut pipe::Client) -> Value {
+        match client.next().await {
+            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_answered_and_pushes_to_unjoined_topics_refused() {
+        let (mut client, task, gw) = start();
+        client.text(r#"[null,"1","phoenix","heartbeat",{}]"#);
+        let reply = json!([null, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}]);
+        assert_eq!(next_json(&mut client).await, reply);
+        client.text(r#"["3","4","room:1","shout",{"body":"hi"}]"#);
+        let refused = json!(["3", "4", "room:1", "phx_reply",
+            {"status": "error", "response": {"reason": "unmatched topic"}}]);
+        assert_eq!(next_json(&mut client).await, refused);
+        gw.shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_join_while_redis_is_away_is_refused_as_unavailable() {
+        let (mut client, task, gw) = start();
+        let mut claims = serde_json::Map::new();
+        claims.insert("channel".into(), "room:*".into());
+        let ttl = std::time::Duration::from_secs(60);
+        let hs256 = jsonwebtoken::Algorithm::HS256;
+        let token = crate::auth::mint_hmac(SECRET.as_bytes(), hs256, claims, ttl).unwrap();
+        let join = json!(["1", "1", "room:1", "phx_join", {"token": token}]);
+        client.text(&join.to_string());
+        let refused = json!(["1", "1", "room:1", "phx_reply",
+            {"status": "error", "response": {"reason": "unavailable"}}]);
+        assert_eq!(next_json(&mut client).await, refused);
+        gw.shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn ten_malformed_frames_close_the_socket_with_1007() {
+        let (mut client, task, _gw) = start();
+        for _ in 0..MAX_BAD_FRAMES {
+            client.text("not a phoenix frame");
+        }
+        match client.next().await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1007),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        drop(client.send);
+        task.await.unwrap();
     }
 }

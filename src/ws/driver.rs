@@ -280,3 +280,224 @@ async fn linger<S: Socket>(ws: &mut S) {
     })
     .await;
 }
+
+/// A WebSocket made of two channels, so a handler can be driven without a network: the test
+/// holds the client's ends.
+#[cfg(test)]
+pub(crate) mod pipe {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_util::{Sink, Stream};
+    use hyper_tungstenite::tungstenite::{Error as WsError, Message};
+    use tokio::sync::mpsc;
+
+    pub struct Pipe {
+        from_client: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        to_client: mpsc::UnboundedSender<Message>,
+    }
+
+    /// The client's ends: what it sends, and what the gateway wrote to it.
+    pub struct Client {
+        pub send: mpsc::UnboundedSender<Result<Message, WsError>>,
+        pub recv: mpsc::UnboundedReceiver<Message>,
+    }
+
+    impl Client {
+        /// The next frame written to the client, within five seconds.
+        pub async fn next(&mut self) -> Message {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), self.recv.recv());
+            next.await
+                .expect("a frame in time")
+                .expect("the pipe is open")
+        }
+
+        pub fn text(&self, text: &str) {
+            self.send.send(Ok(Message::text(text))).unwrap();
+        }
+    }
+
+    pub fn new() -> (Pipe, Client) {
+        let (send, from_client) = mpsc::unbounded_channel();
+        let (to_client, recv) = mpsc::unbounded_channel();
+        (
+            Pipe {
+                from_client,
+                to_client,
+            },
+            Client { send, recv },
+        )
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+            self.to_client
+                .send(message)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    use super::*;
+
+    /// Echoes text through the queue, as a front door's reply would arrive; "bye" closes.
+    struct Echo {
+        control: Arc<Control>,
+        deadline: Option<Instant>,
+    }
+
+    impl Handler for Echo {
+        async fn on_data(&mut self, data: Data<'_>) -> Option<Close> {
+            match data {
+                Data::Text("bye") => Some(Close::RATE_LIMIT),
+                Data::Text(t) => {
+                    self.control
+                        .push(Message::text(format!("echo:{t}")))
+                        .unwrap();
+                    None
+                }
+                Data::Binary(b) => {
+                    let n = b.len().to_string();
+                    self.control.push(Message::text(n)).unwrap();
+                    None
+                }
+            }
+        }
+
+        fn deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+
+        async fn on_deadline(&mut self) -> Option<Close> {
+            Some(Close::TOKEN_EXPIRED)
+        }
+    }
+
+    const TIMING: Timing = Timing {
+        write_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+        ping_interval: Some(Duration::from_secs(30)),
+    };
+
+    /// Drives an [`Echo`] on its own task; the client's ends, the queue, and the driver's result.
+    fn start(
+        queue: usize,
+        timing: Timing,
+        deadline: Option<Instant>,
+    ) -> (
+        pipe::Client,
+        Arc<Control>,
+        CancellationToken,
+        tokio::task::JoinHandle<CloseReason>,
+    ) {
+        let (mut ws, client) = pipe::new();
+        let control = Arc::new(Control::new(queue, usize::MAX));
+        let shutdown = CancellationToken::new();
+        let mut echo = Echo {
+            control: control.clone(),
+            deadline,
+        };
+        let (c, s) = (control.clone(), shutdown.clone());
+        let task = tokio::spawn(async move { drive(&mut ws, &c, &s, timing, &mut echo).await });
+        (client, control, shutdown, task)
+    }
+
+    fn close_code(m: &Message) -> u16 {
+        match m {
+            Message::Close(Some(f)) => u16::from(f.code),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_reach_the_handler_and_its_queue_reaches_the_client() {
+        let (mut client, _, _, task) = start(16, TIMING, None);
+        client.text("a");
+        assert_eq!(client.next().await, Message::text("echo:a"));
+        client.send.send(Ok(Message::binary(vec![0u8; 3]))).unwrap();
+        assert_eq!(client.next().await, Message::text("3"));
+        client.send.send(Ok(Message::Close(None))).unwrap();
+        assert_eq!(task.await.unwrap(), CloseReason::ClientClosed);
+    }
+
+    #[tokio::test]
+    async fn a_close_asked_by_the_handler_goes_out_with_its_code() {
+        let (mut client, _, _, task) = start(16, TIMING, None);
+        client.text("bye");
+        assert_eq!(close_code(&client.next().await), 1008);
+        drop(client.send);
+        assert_eq!(task.await.unwrap(), CloseReason::RateLimited);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_client_as_slow() {
+        let (mut client, control, _, task) = start(1, TIMING, None);
+        control.push(Message::text("one")).unwrap();
+        assert!(control.push(Message::text("two")).is_err());
+        let m = client.next().await;
+        assert_eq!(close_code(&m), u16::from(CloseCode::Again), "{m:?}");
+        drop(client.send);
+        assert_eq!(task.await.unwrap(), CloseReason::SlowClient);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_pinged_then_closed_as_idle() {
+        let timing = Timing {
+            idle_timeout: Duration::from_millis(400),
+            ping_interval: Some(Duration::from_millis(50)),
+            ..TIMING
+        };
+        let (mut client, _, _, task) = start(16, timing, None);
+        assert!(matches!(client.next().await, Message::Ping(_)));
+        let closed = loop {
+            match client.next().await {
+                Message::Ping(_) => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(close_code(&closed), 1001);
+        drop(client.send);
+        assert_eq!(task.await.unwrap(), CloseReason::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn the_handler_hears_its_deadline() {
+        let at = Instant::now() + Duration::from_millis(50);
+        let (mut client, _, _, task) = start(16, TIMING, Some(at));
+        assert_eq!(close_code(&client.next().await), 4001);
+        drop(client.send);
+        assert_eq!(task.await.unwrap(), CloseReason::TokenExpired);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_1001() {
+        let (mut client, _, shutdown, task) = start(16, TIMING, None);
+        shutdown.cancel();
+        assert_eq!(close_code(&client.next().await), 1001);
+        drop(client.send);
+        assert_eq!(task.await.unwrap(), CloseReason::Shutdown);
+    }
+}
