@@ -189,7 +189,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let grace = settings.server.shutdown_grace;
-    let workers = Workers::default();
+    let workers = Workers::new(shutdown.clone());
     let (gateway, bridge_commands) = Gateway::new(settings, shutdown, &workers)?;
     tracing::info!(
         node = %gateway.node,

@@ -2,7 +2,8 @@
 //! shards, the Channels bridge, presence, the clock):
 //!
 //! - it runs on [`Workers`], which the gateway waits for at shutdown;
-//! - it stops when its token is cancelled, and every sleep and read it does sits in a `select!`
+//! - it stops when its token is cancelled (the gateway's shutdown, or the drain token for
+//!   workers that outlive the clients), and every sleep and read it does sits in a `select!`
 //!   with that token;
 //! - it reconnects after failures with [`crate::backoff::Backoff`], never exits on one;
 //! - it reports readiness one way: [`crate::Gateway::set_ready`] with its [`Part`].
@@ -12,23 +13,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The gateway's workers, and the token that stops them. The token is cancelled only after
-/// every client has closed (see [`crate::run`]), so workers that carry clients' last words (the
-/// publishers) still run while clients close.
+/// The gateway's workers. Most stop on the gateway's shutdown token; those that carry clients'
+/// last words (the publishers) stop on [`Workers::drain_token`] instead, which is cancelled only
+/// after every client has closed (see [`crate::run`]).
 #[derive(Clone, Default)]
 pub struct Workers {
     tracker: TaskTracker,
-    stop: CancellationToken,
+    shutdown: CancellationToken,
+    drain: CancellationToken,
 }
 
 impl Workers {
-    /// Runs a worker; one that returns before it was told to stop is logged, since that means
-    /// a part of the gateway silently stopped working.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            shutdown,
+            ..Self::default()
+        }
+    }
+
+    /// Runs a worker; one that returns before shutdown is logged, since that means a part of
+    /// the gateway silently stopped working.
     pub fn spawn(&self, name: &'static str, work: impl Future<Output = ()> + Send + 'static) {
-        let stop = self.stop.clone();
+        let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             work.await;
-            if stop.is_cancelled() {
+            if shutdown.is_cancelled() {
                 tracing::debug!(worker = name, "worker stopped");
             } else {
                 tracing::error!(worker = name, "worker ended before shutdown");
@@ -36,14 +45,14 @@ impl Workers {
         });
     }
 
-    /// The token a worker stops on.
-    pub fn stopping(&self) -> CancellationToken {
-        self.stop.clone()
+    /// The token of workers that must outlive the clients.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
     }
 
-    /// Tells every worker to stop, and waits for them.
+    /// Tells the draining workers to finish, and waits for every worker.
     pub async fn stop(&self) {
-        self.stop.cancel();
+        self.drain.cancel();
         self.tracker.close();
         self.tracker.wait().await;
     }

@@ -332,6 +332,12 @@ async fn socket_level_checks_happen_before_the_upgrade() {
     assert_eq!(refused_status(url("?vsn=2.0.0&token=bad")).await, 403);
     assert_eq!(refused_status(url("?vsn=2.0.0&userToken=bad")).await, 403);
     assert_eq!(gw.get("/socket/longpoll").await.0, 404);
+    // Every refusal is counted by its reason.
+    let rejected = |reason: &str| format!("refract_http_rejections_total{{reason=\"{reason}\"}}");
+    assert_eq!(gw.metric(&rejected("unsupported_serializer")).await, 2);
+    assert_eq!(gw.metric(&rejected("bad_socket_token")).await, 2);
+    assert_eq!(gw.get("/socket/websocket?vsn=2.0.0").await.0, 426);
+    assert_eq!(gw.metric(&rejected("upgrade_required")).await, 1);
 
     // A socket credential (phoenix 1.8's subprotocol) serves joins without a token of their own.
     let tok = token(json!({"id": "sock", "channel": "room"}));

@@ -88,7 +88,10 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn no_two_modules_import_each_other() {
     let edges = graph();
-    assert!(edges["routes::session"].contains("ws::driver"), "the graph sees imports");
+    assert!(
+        edges["routes::session"].contains("ws::driver"),
+        "the graph sees imports"
+    );
     // Depth-first search for a back edge; report the loop it closes.
     fn visit<'a>(
         m: &'a str,
@@ -121,7 +124,10 @@ fn the_map_in_lib_rs_names_every_module() {
     for line in lib.lines() {
         if let Some(name) = line.strip_prefix("pub mod ") {
             let name = name.trim_end_matches(';');
-            assert!(map.contains(&format!("[`{name}`]")), "lib.rs's map leaves out `{name}`");
+            assert!(
+                map.contains(&format!("[`{name}`]")),
+                "lib.rs's map leaves out `{name}`"
+            );
         }
     }
     // And each folder's own map names its files.

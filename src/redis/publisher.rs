@@ -90,7 +90,7 @@ impl Publisher {
                         rx,
                         redis.clone(),
                         metrics.clone(),
-                        workers.stopping(),
+                        workers.drain_token(),
                         log.clone(),
                         recoveries.clone(),
                     ),
