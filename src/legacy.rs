@@ -17,7 +17,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::Gateway;
 use crate::backoff::Backoff;
 use crate::config::HttpService;
-use crate::metrics::{HttpResult, LogLimiter};
+use crate::log::LogLimiter;
+use crate::metrics::HttpResult;
 use crate::prism::{self, Action, ClientData, EventKind, Peer};
 use crate::registry::Handle;
 

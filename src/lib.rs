@@ -18,6 +18,7 @@
 //! - [`legacy`]: HTTP services: events POSTed in order per connection, polling, backoff.
 //! - [`routes`], [`net`], [`ids`]: the route table, client addresses, identifiers.
 //! - [`metrics`]: every counter, rendered as Prometheus text.
+//! - [`log`]: the rate limit on log lines about bad input.
 //! - [`error`]: typed errors and their mapping to HTTP statuses and close codes.
 //! - [`backoff`]: capped exponential backoff with jitter, for every reconnecting worker.
 //!
@@ -36,6 +37,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod legacy;
+pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod phoenix;

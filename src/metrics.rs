@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
 
 /// Defines a label enum with its wire codes and the list of all values.
 macro_rules! label_enum {
@@ -733,39 +732,6 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std
     let _ = writeln!(out, " {value}");
 }
 
-/// Lets a log line through at most once per interval, so a flood of bad input cannot flood the
-/// log; the metrics still count every occurrence.
-pub struct LogLimiter {
-    start: Instant,
-    next_ms: AtomicU64,
-    interval: Duration,
-}
-
-impl LogLimiter {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            start: Instant::now(),
-            next_ms: AtomicU64::new(0),
-            interval,
-        }
-    }
-
-    pub fn allow(&self) -> bool {
-        let now = self.start.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Relaxed);
-        now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + self.interval.as_millis() as u64,
-                    Relaxed,
-                    Relaxed,
-                )
-                .is_ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,12 +758,5 @@ mod tests {
         let mut out = String::new();
         sample(&mut out, "m", &[("route", "/a\"b\\")], 1);
         assert_eq!(out, "m{route=\"/a\\\"b\\\\\"} 1\n");
-    }
-
-    #[test]
-    fn log_limiter_allows_one_per_interval() {
-        let l = LogLimiter::new(Duration::from_secs(3600));
-        assert!(l.allow());
-        assert!(!l.allow());
     }
 }

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
-use crate::metrics::{LogLimiter, Loss, Metrics};
+use crate::log::LogLimiter;
+use crate::metrics::{Loss, Metrics};
 use crate::prism::EventKind;
 
 /// What a publish is for, so its fate is counted in the right place.

@@ -9,7 +9,8 @@ use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::Gateway;
-use crate::metrics::{CloseReason, LogLimiter, ReplyDrop};
+use crate::log::LogLimiter;
+use crate::metrics::{CloseReason, ReplyDrop};
 use crate::prism::{self, Action, Payload, Reply, ReplyError};
 use crate::publisher::{Publish, Tag};
 use crate::registry::{Handle, Refused};

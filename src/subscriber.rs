@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Gateway;
 use crate::backoff::Backoff;
-use crate::metrics::LogLimiter;
+use crate::log::LogLimiter;
 use crate::prism::{self, Inbound};
 
 /// Why one subscription ended.
