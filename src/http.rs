@@ -44,14 +44,13 @@ async fn respond(
         }
         (&Method::GET, "/metrics") => {
             for (_, service) in gw.routes.http_services() {
-                gw.metrics.http[service.metrics].urls_down.store(
-                    service.urls_down() as i64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                gw.metrics.http[service.metrics]
+                    .urls_down
+                    .set(service.urls_down() as i64);
             }
             return text(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                crate::metrics::CONTENT_TYPE,
                 gw.metrics.render().into(),
             );
         }

@@ -239,7 +239,7 @@ async fn run(
                 None => return,
             },
             _ = async { poll.as_mut().expect("guarded").tick().await }, if poll.is_some() => {
-                gw.metrics.http[service.metrics].polls.fetch_add(1, Relaxed);
+                gw.metrics.http[service.metrics].polls.inc();
                 let text = last.clone().unwrap_or(Data::Text(String::new()));
                 Job { kind: EventKind::Message, data: Some(text) }
             }

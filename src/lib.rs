@@ -17,7 +17,7 @@
 //! - [`relay`]: where a decoded service reply becomes frames on a client's queue.
 //! - [`legacy`]: HTTP services: events POSTed in order per connection, polling, backoff.
 //! - [`routes`], [`net`], [`ids`]: the route table, client addresses, identifiers.
-//! - [`metrics`]: every counter, rendered as Prometheus text.
+//! - [`metrics`]: every counter, in a prometheus-client registry per gateway, as Prometheus text.
 //! - [`log`]: the rate limit on log lines about bad input.
 //! - [`error`]: typed errors and their mapping to HTTP statuses and close codes.
 //! - [`backoff`]: capped exponential backoff with jitter, for every reconnecting worker.
@@ -104,9 +104,7 @@ impl Gateway {
 
     pub fn set_ready(&self, ready: bool) {
         if self.ready.swap(ready, Ordering::AcqRel) != ready {
-            self.metrics
-                .ready
-                .store(i64::from(ready), Ordering::Relaxed);
+            self.metrics.ready.set(i64::from(ready));
             if ready {
                 self.publisher.redis_recovered();
                 tracing::info!("ready: response channel subscribed and canary received");

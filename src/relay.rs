@@ -74,9 +74,7 @@ fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
     for message in frames.into_iter().flatten() {
         match conn.control.push(message) {
             Ok(()) => {
-                gw.metrics.routes[conn.route]
-                    .replies_relayed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                gw.metrics.routes[conn.route].replies_relayed.inc();
             }
             Err(Refused::Full) => {
                 gw.metrics.reply_dropped(ReplyDrop::SlowClient);

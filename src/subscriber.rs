@@ -6,7 +6,6 @@
 //! use capped exponential backoff with jitter.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -38,7 +37,7 @@ pub async fn run(gw: Arc<Gateway>) {
     loop {
         let end = match subscribe(&client, &gw).await {
             Ok(stream) => {
-                gw.metrics.subscriber_connects.fetch_add(1, Relaxed);
+                gw.metrics.subscriber_connects.inc();
                 tracing::info!(channel = %gw.response_channel, "subscribed to the response channel");
                 serve(&gw, stream, &mut backoff, &log).await
             }
@@ -112,7 +111,7 @@ async fn serve(
             }
             _ = sleep_until(wake) => {
                 if pending.is_some() {
-                    gw.metrics.canary_failures.fetch_add(1, Relaxed);
+                    gw.metrics.canary_failures.inc();
                     return End::Lost("canary did not come back through the subscription".into());
                 }
                 seq += 1;

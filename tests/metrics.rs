@@ -1,9 +1,8 @@
 //! Pins the `/metrics` exposition: each family's `# HELP` and `# TYPE` lines in order, and every
 //! series (sample name and label set, byte for byte), for two routes, one legacy HTTP service and
 //! the Channels counters. Dashboards and the tests that read `/metrics` by line prefix depend on
-//! these names; a change here must be deliberate.
-
-use std::sync::atomic::Ordering::Relaxed;
+//! these names; a change here must be deliberate. Series are compared sorted: within a family,
+//! prometheus-client renders them in its hash map's order.
 
 use refract::metrics::{CloseReason, Denial, HttpResult, Loss, Metrics, ReplyDrop};
 use refract::prism::EventKind;
@@ -53,6 +52,31 @@ fn every_family_and_series_keeps_its_name() {
     );
 }
 
+/// prometheus-client leaves out a family with no series, `# HELP` and `# TYPE` too (the renderer
+/// before it printed them): without routes and HTTP services, theirs are gone.
+#[test]
+fn a_gateway_without_routes_leaves_out_their_families() {
+    let text = Metrics::new([], []).render();
+    let (comments, _) = parse(&text);
+    let per_route = [
+        "refract_connections",
+        "refract_connections_accepted_total",
+        "refract_connections_closed_total",
+        "refract_events_published_total",
+        "refract_events_lost_total",
+        "refract_replies_relayed_total",
+        "refract_admission_rejections_total",
+        "refract_http_requests_total",
+        "refract_http_polls_total",
+        "refract_http_service_urls_backing_off",
+    ];
+    let expected: Vec<_> = HEADERS
+        .lines()
+        .filter(|l| !per_route.contains(&l.split(' ').nth(2).unwrap()))
+        .collect();
+    assert_eq!(comments, expected);
+}
+
 #[test]
 fn values_land_on_their_series() {
     let m = two_routes_one_service();
@@ -60,11 +84,11 @@ fn values_land_on_their_series() {
     m.routes[1].lost(Loss::NoSubscriber, 2);
     m.routes[1].closed(CloseReason::SlowClient);
     m.routes[0].denied(Denial::BadToken);
-    m.routes[1].connections.fetch_sub(1, Relaxed);
+    m.routes[1].connections.dec();
     m.reply_dropped(ReplyDrop::InvalidJson);
     m.http[0].count(HttpResult::Timeout);
     m.channels.closed(CloseReason::Shutdown);
-    m.ready.store(1, Relaxed);
+    m.ready.set(1);
     let text = m.render();
     let (_, samples) = parse(&text);
     let nonzero: Vec<_> = samples.into_iter().filter(|(_, v)| *v != 0).collect();
@@ -123,62 +147,63 @@ fn gateways_do_not_share_counters() {
     );
 }
 
-/// `# HELP` and `# TYPE` lines of the rendering, in order.
-const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets
+/// `# HELP` and `# TYPE` lines of the rendering, in order. (prometheus-client ends each help
+/// text with a `.`.)
+const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_channels_sockets gauge
-# HELP refract_channels_joined Topic memberships of open sockets
+# HELP refract_channels_joined Topic memberships of open sockets.
 # TYPE refract_channels_joined gauge
-# HELP refract_channels_joins_total phx_join requests, by result
+# HELP refract_channels_joins_total phx_join requests, by result.
 # TYPE refract_channels_joins_total counter
-# HELP refract_channels_publishes_total Publishes to Redis from Channels
+# HELP refract_channels_publishes_total Publishes to Redis from Channels.
 # TYPE refract_channels_publishes_total counter
-# HELP refract_channels_publishes_lost_total Channels publishes Redis did not take
+# HELP refract_channels_publishes_lost_total Channels publishes Redis did not take.
 # TYPE refract_channels_publishes_lost_total counter
-# HELP refract_channels_messages_in_total Messages received on to:<topic>:<event>
+# HELP refract_channels_messages_in_total Messages received on to:<topic>:<event>.
 # TYPE refract_channels_messages_in_total counter
-# HELP refract_channels_frames_out_total Frames fanned out to sockets
+# HELP refract_channels_frames_out_total Frames fanned out to sockets.
 # TYPE refract_channels_frames_out_total counter
-# HELP refract_channels_presence_swept_total Presence entries of dead nodes this node removed
+# HELP refract_channels_presence_swept_total Presence entries of dead nodes this node removed.
 # TYPE refract_channels_presence_swept_total counter
-# HELP refract_channels_dropped_total Channels frames dropped, by reason
+# HELP refract_channels_dropped_total Channels frames dropped, by reason.
 # TYPE refract_channels_dropped_total counter
-# HELP refract_channels_closed_total Channels sockets closed, by reason
+# HELP refract_channels_closed_total Channels sockets closed, by reason.
 # TYPE refract_channels_closed_total counter
-# HELP refract_ready 1 while the node's data plane works
+# HELP refract_ready 1 while the node's data plane works.
 # TYPE refract_ready gauge
-# HELP refract_connections Open client connections
+# HELP refract_connections Open client connections.
 # TYPE refract_connections gauge
-# HELP refract_connections_accepted_total Client connections accepted
+# HELP refract_connections_accepted_total Client connections accepted.
 # TYPE refract_connections_accepted_total counter
-# HELP refract_connections_closed_total Client connections closed, by reason
+# HELP refract_connections_closed_total Client connections closed, by reason.
 # TYPE refract_connections_closed_total counter
-# HELP refract_events_published_total Events published to service channels (one per channel)
+# HELP refract_events_published_total Events published to service channels (one per channel).
 # TYPE refract_events_published_total counter
-# HELP refract_events_lost_total Events that could not be published, by reason
+# HELP refract_events_lost_total Events that could not be published, by reason.
 # TYPE refract_events_lost_total counter
-# HELP refract_replies_relayed_total Service replies delivered to a client's queue
+# HELP refract_replies_relayed_total Service replies delivered to a client's queue.
 # TYPE refract_replies_relayed_total counter
-# HELP refract_replies_dropped_total Messages on the response channel that reached no client, by reason
+# HELP refract_replies_dropped_total Messages on the response channel that reached no client, by reason.
 # TYPE refract_replies_dropped_total counter
-# HELP refract_notconnected_sent_total notconnected answers published to services
+# HELP refract_notconnected_sent_total notconnected answers published to services.
 # TYPE refract_notconnected_sent_total counter
-# HELP refract_notconnected_lost_total notconnected answers that could not be published
+# HELP refract_notconnected_lost_total notconnected answers that could not be published.
 # TYPE refract_notconnected_lost_total counter
-# HELP refract_http_rejections_total HTTP requests refused, by reason
+# HELP refract_http_rejections_total HTTP requests refused, by reason.
 # TYPE refract_http_rejections_total counter
-# HELP refract_admission_rejections_total Clients refused by a route's admission rules, by reason
+# HELP refract_admission_rejections_total Clients refused by a route's admission rules, by reason.
 # TYPE refract_admission_rejections_total counter
-# HELP refract_http_requests_total Requests to legacy HTTP services, by result
+# HELP refract_http_requests_total Requests to legacy HTTP services, by result.
 # TYPE refract_http_requests_total counter
-# HELP refract_http_polls_total Polls sent to legacy HTTP services
+# HELP refract_http_polls_total Polls sent to legacy HTTP services.
 # TYPE refract_http_polls_total counter
-# HELP refract_http_service_urls_backing_off URLs of a legacy HTTP service backed off after repeated failures
+# HELP refract_http_service_urls_backing_off URLs of a legacy HTTP service backed off after repeated failures.
 # TYPE refract_http_service_urls_backing_off gauge
-# HELP refract_redis_subscriber_connects_total Times the response-channel subscription was (re)established
+# HELP refract_redis_subscriber_connects_total Times the response-channel subscription was (re)established.
 # TYPE refract_redis_subscriber_connects_total counter
-# HELP refract_canary_failures_total Canaries that did not come back in time
+# HELP refract_canary_failures_total Canaries that did not come back in time.
 # TYPE refract_canary_failures_total counter
-# HELP refract_publish_batches_total Pipelined publish batches sent to Redis
+# HELP refract_publish_batches_total Pipelined publish batches sent to Redis.
 # TYPE refract_publish_batches_total counter
 "#;
 

@@ -395,7 +395,7 @@ async fn http_surface_answers_404_426_health_and_metrics() {
     .await;
     assert!(
         raw.to_ascii_lowercase()
-            .contains("\r\ncontent-type: text/plain; version=0.0.4\r\n"),
+            .contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
         "scrapers pick their parser by Content-Type: {raw}"
     );
 

@@ -104,16 +104,10 @@ impl Socket {
         async move {
             let gw = self.gw.clone();
             let metrics = &gw.metrics.channels;
-            metrics
-                .sockets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            metrics
-                .sockets_total
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.sockets.inc();
+            metrics.sockets_total.inc();
             let reason = self.pump(&mut ws).await;
-            metrics
-                .sockets
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.sockets.dec();
             metrics.closed(reason);
         }
     }
