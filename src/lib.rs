@@ -20,7 +20,8 @@
 //! - [`redis`]: the one place that knows Redis: the client, the publisher, the response-channel
 //!   subscriber, the keys and scripts.
 //! - [`worker`]: the contract of long-lived workers, and the node's readiness.
-//! - [`metrics`]: every counter, registered in one place, rendered for Prometheus.
+//! - [`metrics`]: every metric, registered in one place (prometheus-client), typed labels.
+//! - [`log`]: rate-limited logging, so a flood of bad input cannot flood the log.
 //! - [`error`]: typed errors, and where each becomes a status, a close code or a `phx_reply`.
 //! - [`auth`]: JWT verification and minting; [`ids`]: connection and node ids;
 //!   [`net`]: client addresses; [`backoff`]: capped exponential backoff with jitter.
@@ -42,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod phoenix;
@@ -107,9 +109,7 @@ impl Gateway {
         if !self.readiness.set(part, ready) || part != Part::ResponseChannel {
             return;
         }
-        self.metrics
-            .ready
-            .store(i64::from(ready), std::sync::atomic::Ordering::Relaxed);
+        self.metrics.ready.set(i64::from(ready));
         if ready {
             self.publisher.redis_recovered();
             tracing::info!("ready: response channel subscribed and canary received");

@@ -1,17 +1,40 @@
-//! Every metric the gateway keeps, registered here and rendered as Prometheus text.
+//! Every metric the gateway keeps, in the gateway's own prometheus-client [`Registry`].
 //!
-//! Counters are plain atomics indexed by small label enums, so the hot path pays one relaxed
-//! add. Labels are configured route names or fixed reason codes, never user input.
+//! Each series' handle (an `Arc`'d atomic) is made at start and kept where the code indexes it
+//! (`routes[i]`, `http[i]`, a slot per label value): counting is one relaxed add, no lookup, and
+//! every series shows from the start at 0. Labels are configured route names or fixed codes, never
+//! user input; the encoder escapes `\`, `"` and newlines in label values.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use prometheus_client::encoding::{self as enc, EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
 
-/// Defines a label enum with its wire codes and the list of all values.
-macro_rules! label_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $code:literal),+ $(,)? }) => {
+use crate::prism::{EventKind, ReplyError};
+
+/// The `Content-Type` of [`Metrics::render`]: Prometheus text, version 0.0.4.
+pub const CONTENT_TYPE: &str = enc::prometheus_text::CONTENT_TYPE;
+
+/// Defines label enums with their wire codes and the list of all values. A value encodes as its
+/// code (the `EncodeLabelValue` derive would write the variant's name), and alone as the label set
+/// `key="code"`, so sets compose as tuples: `(RouteLabels, CloseReason)`.
+macro_rules! label_enums {
+    (encode $name:ident as $key:literal) => {
+        impl EncodeLabelValue for $name {
+            fn encode(&self, e: &mut enc::LabelValueEncoder) -> std::fmt::Result {
+                std::fmt::Write::write_str(e, self.as_str())
+            }
+        }
+        impl EncodeLabelSet for $name {
+            fn encode(&self, e: &mut enc::LabelSetEncoder) -> std::fmt::Result {
+                [($key, *self)].encode(e)
+            }
+        }
+    };
+    ($($(#[$m:meta])* $name:ident as $key:literal {
+        $($variant:ident => $code:literal),+ $(,)?
+    })+) => {$(
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum $name { $($variant),+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -19,12 +42,15 @@ macro_rules! label_enum {
                 match self { $($name::$variant => $code),+ }
             }
         }
-    };
+        label_enums!(encode $name as $key);
+    )+};
 }
 
-label_enum!(
+label_enums!(encode EventKind as "type");
+
+label_enums! {
     /// Why a message on the response channel did not reach a client.
-    ReplyDrop {
+    ReplyDrop as "reason" {
         TooLarge => "too_large",
         InvalidJson => "invalid_json",
         WrongType => "wrong_type",
@@ -36,37 +62,16 @@ label_enum!(
         UnknownService => "unknown_service",
         SlowClient => "slow_client",
     }
-);
-
-impl From<crate::prism::ReplyError> for ReplyDrop {
-    fn from(e: crate::prism::ReplyError) -> Self {
-        use crate::prism::ReplyError as E;
-        match e {
-            E::TooLarge => Self::TooLarge,
-            E::InvalidJson => Self::InvalidJson,
-            E::WrongType => Self::WrongType,
-            E::MissingField(_) => Self::MissingField,
-            E::UnknownType => Self::UnknownType,
-            E::InvalidBase64 => Self::InvalidBase64,
-            E::InvalidCloseCode => Self::InvalidCloseCode,
-        }
-    }
-}
-
-label_enum!(
     /// Why an event reached no service: Redis was unreachable, the node was shutting down, the
     /// PUBLISH found no subscriber on the channel, or the client was over its rate limit.
-    Loss {
+    Loss as "reason" {
         RedisUnavailable => "redis_unavailable",
         Shutdown => "shutdown",
         NoSubscriber => "no_subscriber",
         RateLimited => "rate_limited",
     }
-);
-
-label_enum!(
     /// How a client connection ended.
-    CloseReason {
+    CloseReason as "reason" {
         ClientClosed => "client_closed",
         ConnectionLost => "connection_lost",
         DroppedByService => "dropped_by_service",
@@ -80,11 +85,8 @@ label_enum!(
         RateLimited => "rate_limited",
         TokenExpired => "token_expired",
     }
-);
-
-label_enum!(
     /// Why a client was refused admission to a route (or, for `rate_limited`, cut off after).
-    Denial {
+    Denial as "reason" {
         BadToken => "bad_token",
         Expired => "expired",
         Origin => "origin",
@@ -94,11 +96,8 @@ label_enum!(
         HookError => "hook_error",
         RateLimited => "rate_limited",
     }
-);
-
-label_enum!(
     /// Why an HTTP request was refused.
-    Rejection {
+    Rejection as "reason" {
         NotFound => "not_found",
         UpgradeRequired => "upgrade_required",
         BadUpgrade => "bad_upgrade",
@@ -107,11 +106,8 @@ label_enum!(
         UnsupportedSerializer => "unsupported_serializer",
         BadSocketToken => "bad_socket_token",
     }
-);
-
-label_enum!(
     /// The outcome of one request to a legacy HTTP service.
-    HttpResult {
+    HttpResult as "result" {
         Ok => "ok",
         ServerError => "server_error",
         ClientError => "client_error",
@@ -122,78 +118,8 @@ label_enum!(
         BackingOff => "backing_off",
         QueueFull => "queue_full",
     }
-);
-
-/// Counters of one legacy HTTP service.
-pub struct HttpMetrics {
-    pub route: String,
-    pub service: String,
-    results: Box<[AtomicU64]>,
-    pub polls: AtomicU64,
-    /// URLs currently backing off; refreshed when metrics are collected.
-    pub urls_down: AtomicI64,
-}
-
-impl HttpMetrics {
-    pub fn count(&self, result: HttpResult) {
-        self.results[result as usize].fetch_add(1, Relaxed);
-    }
-
-    pub fn get(&self, result: HttpResult) -> u64 {
-        self.results[result as usize].load(Relaxed)
-    }
-}
-
-fn counters(n: usize) -> Box<[AtomicU64]> {
-    (0..n).map(|_| AtomicU64::new(0)).collect()
-}
-
-/// Per-route counters; the route's index in [`Metrics::routes`] is its id.
-pub struct RouteMetrics {
-    pub name: String,
-    pub connections: AtomicI64,
-    pub connections_total: AtomicU64,
-    events_published: Box<[AtomicU64]>,
-    events_lost: Box<[AtomicU64]>,
-    pub replies_relayed: AtomicU64,
-    closes: Box<[AtomicU64]>,
-    denials: Box<[AtomicU64]>,
-}
-
-impl RouteMetrics {
-    fn new(name: String) -> Self {
-        Self {
-            name,
-            connections: AtomicI64::new(0),
-            connections_total: AtomicU64::new(0),
-            events_published: counters(crate::prism::EventKind::ALL.len()),
-            events_lost: counters(Loss::ALL.len()),
-            replies_relayed: AtomicU64::new(0),
-            closes: counters(CloseReason::ALL.len()),
-            denials: counters(Denial::ALL.len()),
-        }
-    }
-
-    pub fn published(&self, kind: crate::prism::EventKind, n: u64) {
-        self.events_published[kind as usize].fetch_add(n, Relaxed);
-    }
-
-    pub fn lost(&self, reason: Loss, n: u64) {
-        self.events_lost[reason as usize].fetch_add(n, Relaxed);
-    }
-
-    pub fn denied(&self, reason: Denial) {
-        self.denials[reason as usize].fetch_add(1, Relaxed);
-    }
-
-    pub fn closed(&self, reason: CloseReason) {
-        self.closes[reason as usize].fetch_add(1, Relaxed);
-    }
-}
-
-label_enum!(
     /// The outcome of a `phx_join`.
-    JoinResult {
+    JoinResult as "result" {
         Ok => "ok",
         Unauthorized => "unauthorized",
         Forbidden => "forbidden",
@@ -201,11 +127,8 @@ label_enum!(
         TooManyChannels => "too_many_channels",
         Unavailable => "unavailable",
     }
-);
-
-label_enum!(
     /// Why a Channels frame went nowhere.
-    ChannelDrop {
+    ChannelDrop as "reason" {
         BadFrame => "bad_frame",
         UnmatchedTopic => "unmatched_topic",
         EmptyPayload => "empty_payload",
@@ -213,197 +136,174 @@ label_enum!(
         NameTooLong => "name_too_long",
         ReservedEvent => "reserved_event",
     }
-);
+}
+
+impl From<ReplyError> for ReplyDrop {
+    fn from(e: ReplyError) -> Self {
+        match e {
+            ReplyError::TooLarge => Self::TooLarge,
+            ReplyError::InvalidJson => Self::InvalidJson,
+            ReplyError::WrongType => Self::WrongType,
+            ReplyError::MissingField(_) => Self::MissingField,
+            ReplyError::UnknownType => Self::UnknownType,
+            ReplyError::InvalidBase64 => Self::InvalidBase64,
+            ReplyError::InvalidCloseCode => Self::InvalidCloseCode,
+        }
+    }
+}
+
+/// The labels of a route's series (its configured path), and of a legacy HTTP service's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServiceLabels {
+    route: String,
+    service: String,
+}
+
+/// Registers a metric of `$var`'s type per line, in the order of the rendering, and binds a handle
+/// to it to `$var`. A counter's name has no `_total`: the encoder adds it.
+macro_rules! register {
+    ($r:ident: $($var:ident = $name:literal, $help:literal;)+) => {$(
+        let $var = Default::default();
+        $r.register($name, $help, Clone::clone(&$var));
+    )+};
+}
+
+/// One handle per value of `all`, so that `handles[value as usize]` is `labels(value)`'s series.
+fn each<E: Copy, S, M>(family: &Family<S, M>, all: &[E], labels: impl Fn(E) -> S) -> Box<[M]>
+where
+    S: Clone + Eq + std::hash::Hash,
+    M: Clone + Default,
+{
+    all.iter()
+        .map(|&e| family.get_or_create_owned(&labels(e)))
+        .collect()
+}
+
+/// Counters of one legacy HTTP service.
+pub struct HttpMetrics {
+    results: Box<[Counter]>,
+    pub polls: Counter,
+    /// URLs currently backing off; refreshed when metrics are collected.
+    pub urls_down: Gauge,
+}
+
+impl HttpMetrics {
+    pub fn count(&self, result: HttpResult) {
+        self.results[result as usize].inc();
+    }
+}
+
+/// Per-route counters; the route's index in [`Metrics::routes`] is its id.
+pub struct RouteMetrics {
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    events_published: Box<[Counter]>,
+    events_lost: Box<[Counter]>,
+    pub replies_relayed: Counter,
+    closes: Box<[Counter]>,
+    denials: Box<[Counter]>,
+}
+
+impl RouteMetrics {
+    pub fn published(&self, kind: EventKind, n: u64) {
+        self.events_published[kind as usize].inc_by(n);
+    }
+
+    pub fn lost(&self, reason: Loss, n: u64) {
+        self.events_lost[reason as usize].inc_by(n);
+    }
+
+    pub fn denied(&self, reason: Denial) {
+        self.denials[reason as usize].inc();
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.closes[reason as usize].inc();
+    }
+}
 
 /// Counters of the Channels endpoint.
 pub struct ChannelMetrics {
-    pub sockets: AtomicI64,
-    pub sockets_total: AtomicU64,
-    pub joined: AtomicI64,
-    joins: Box<[AtomicU64]>,
+    pub sockets: Gauge,
+    /// Sockets opened; counted, but not registered (it never was rendered).
+    pub sockets_total: Counter,
+    pub joined: Gauge,
+    joins: Box<[Counter]>,
     /// Client pushes and the gateway's own publishes (presence, lifecycle, clock) taken by Redis.
-    pub publishes: AtomicU64,
-    pub publishes_lost: AtomicU64,
+    pub publishes: Counter,
+    pub publishes_lost: Counter,
     /// Messages received from `to:*`, and frames fanned out from them to sockets.
-    pub messages_in: AtomicU64,
-    pub frames_out: AtomicU64,
+    pub messages_in: Counter,
+    pub frames_out: Counter,
     /// Presence entries of dead nodes removed by this node's sweeps.
-    pub presence_swept: AtomicU64,
-    drops: Box<[AtomicU64]>,
-    closes: Box<[AtomicU64]>,
+    pub presence_swept: Counter,
+    drops: Box<[Counter]>,
+    closes: Box<[Counter]>,
 }
 
 impl ChannelMetrics {
-    fn new() -> Self {
+    fn new(r: &mut Registry) -> Self {
+        register! { r:
+            sockets = "refract_channels_sockets", "Open Channels sockets";
+            joined = "refract_channels_joined", "Topic memberships of open sockets";
+            joins = "refract_channels_joins", "phx_join requests, by result";
+            publishes = "refract_channels_publishes", "Publishes to Redis from Channels";
+            publishes_lost = "refract_channels_publishes_lost",
+                "Channels publishes Redis did not take";
+            messages_in = "refract_channels_messages_in", "Messages received on to:<topic>:<event>";
+            frames_out = "refract_channels_frames_out", "Frames fanned out to sockets";
+            presence_swept = "refract_channels_presence_swept",
+                "Presence entries of dead nodes this node removed";
+            drops = "refract_channels_dropped", "Channels frames dropped, by reason";
+            closes = "refract_channels_closed", "Channels sockets closed, by reason";
+        }
         Self {
-            sockets: AtomicI64::new(0),
-            sockets_total: AtomicU64::new(0),
-            joined: AtomicI64::new(0),
-            joins: counters(JoinResult::ALL.len()),
-            publishes: AtomicU64::new(0),
-            publishes_lost: AtomicU64::new(0),
-            messages_in: AtomicU64::new(0),
-            frames_out: AtomicU64::new(0),
-            presence_swept: AtomicU64::new(0),
-            drops: counters(ChannelDrop::ALL.len()),
-            closes: counters(CloseReason::ALL.len()),
+            sockets,
+            sockets_total: Counter::default(),
+            joined,
+            joins: each(&joins, JoinResult::ALL, |e| e),
+            publishes,
+            publishes_lost,
+            messages_in,
+            frames_out,
+            presence_swept,
+            drops: each(&drops, ChannelDrop::ALL, |e| e),
+            closes: each(&closes, CloseReason::ALL, |e| e),
         }
     }
 
     pub fn join(&self, result: JoinResult) {
-        self.joins[result as usize].fetch_add(1, Relaxed);
+        self.joins[result as usize].inc();
     }
 
     pub fn dropped(&self, reason: ChannelDrop) {
-        self.drops[reason as usize].fetch_add(1, Relaxed);
+        self.drops[reason as usize].inc();
     }
 
     pub fn closed(&self, reason: CloseReason) {
-        self.closes[reason as usize].fetch_add(1, Relaxed);
-    }
-
-    fn render(&self, out: &mut String) {
-        header(
-            out,
-            "refract_channels_sockets",
-            "gauge",
-            "Open Channels sockets",
-        );
-        sample(
-            out,
-            "refract_channels_sockets",
-            &[],
-            self.sockets.load(Relaxed),
-        );
-        header(
-            out,
-            "refract_channels_joined",
-            "gauge",
-            "Topic memberships of open sockets",
-        );
-        sample(
-            out,
-            "refract_channels_joined",
-            &[],
-            self.joined.load(Relaxed),
-        );
-        header(
-            out,
-            "refract_channels_joins_total",
-            "counter",
-            "phx_join requests, by result",
-        );
-        for r in JoinResult::ALL {
-            let v = self.joins[*r as usize].load(Relaxed);
-            sample(
-                out,
-                "refract_channels_joins_total",
-                &[("result", r.as_str())],
-                v,
-            );
-        }
-        header(
-            out,
-            "refract_channels_publishes_total",
-            "counter",
-            "Publishes to Redis from Channels",
-        );
-        sample(
-            out,
-            "refract_channels_publishes_total",
-            &[],
-            self.publishes.load(Relaxed),
-        );
-        header(
-            out,
-            "refract_channels_publishes_lost_total",
-            "counter",
-            "Channels publishes Redis did not take",
-        );
-        sample(
-            out,
-            "refract_channels_publishes_lost_total",
-            &[],
-            self.publishes_lost.load(Relaxed),
-        );
-        header(
-            out,
-            "refract_channels_messages_in_total",
-            "counter",
-            "Messages received on to:<topic>:<event>",
-        );
-        sample(
-            out,
-            "refract_channels_messages_in_total",
-            &[],
-            self.messages_in.load(Relaxed),
-        );
-        header(
-            out,
-            "refract_channels_frames_out_total",
-            "counter",
-            "Frames fanned out to sockets",
-        );
-        sample(
-            out,
-            "refract_channels_frames_out_total",
-            &[],
-            self.frames_out.load(Relaxed),
-        );
-        let swept = "refract_channels_presence_swept_total";
-        header(
-            out,
-            swept,
-            "counter",
-            "Presence entries of dead nodes this node removed",
-        );
-        sample(out, swept, &[], self.presence_swept.load(Relaxed));
-        header(
-            out,
-            "refract_channels_dropped_total",
-            "counter",
-            "Channels frames dropped, by reason",
-        );
-        for r in ChannelDrop::ALL {
-            let v = self.drops[*r as usize].load(Relaxed);
-            sample(
-                out,
-                "refract_channels_dropped_total",
-                &[("reason", r.as_str())],
-                v,
-            );
-        }
-        header(
-            out,
-            "refract_channels_closed_total",
-            "counter",
-            "Channels sockets closed, by reason",
-        );
-        for r in CloseReason::ALL {
-            let v = self.closes[*r as usize].load(Relaxed);
-            sample(
-                out,
-                "refract_channels_closed_total",
-                &[("reason", r.as_str())],
-                v,
-            );
-        }
+        self.closes[reason as usize].inc();
     }
 }
 
 pub struct Metrics {
+    /// This gateway's own, so that gateways in one process (the tests) keep their own counts.
+    registry: Registry,
     pub routes: Vec<RouteMetrics>,
     pub channels: ChannelMetrics,
     pub http: Vec<HttpMetrics>,
-    replies_dropped: Box<[AtomicU64]>,
-    rejections: Box<[AtomicU64]>,
+    replies_dropped: Box<[Counter]>,
+    rejections: Box<[Counter]>,
     /// Publishes that are not about one route (`notconnected`) and were lost.
-    pub other_lost: AtomicU64,
-    pub notconnected_sent: AtomicU64,
-    pub subscriber_connects: AtomicU64,
-    pub canary_failures: AtomicU64,
-    pub publish_batches: AtomicU64,
-    pub ready: AtomicI64,
+    pub other_lost: Counter,
+    pub notconnected_sent: Counter,
+    pub subscriber_connects: Counter,
+    pub canary_failures: Counter,
+    pub publish_batches: Counter,
+    pub ready: Gauge,
 }
 
 impl Metrics {
@@ -412,394 +312,85 @@ impl Metrics {
         route_names: impl IntoIterator<Item = String>,
         http_services: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        let channels = ChannelMetrics::new(r);
+        register! { r:
+            ready = "refract_ready", "1 while the node's data plane works";
+            open = "refract_connections", "Open client connections";
+            accepted = "refract_connections_accepted", "Client connections accepted";
+            closed = "refract_connections_closed", "Client connections closed, by reason";
+            published = "refract_events_published",
+                "Events published to service channels (one per channel)";
+            lost = "refract_events_lost", "Events that could not be published, by reason";
+            relayed = "refract_replies_relayed", "Service replies delivered to a client's queue";
+            dropped = "refract_replies_dropped",
+                "Messages on the response channel that reached no client, by reason";
+            notconnected_sent = "refract_notconnected_sent",
+                "notconnected answers published to services";
+            other_lost = "refract_notconnected_lost",
+                "notconnected answers that could not be published";
+            rejections = "refract_http_rejections", "HTTP requests refused, by reason";
+            denials = "refract_admission_rejections",
+                "Clients refused by a route's admission rules, by reason";
+            requests = "refract_http_requests", "Requests to legacy HTTP services, by result";
+            polls = "refract_http_polls", "Polls sent to legacy HTTP services";
+            urls_down = "refract_http_service_urls_backing_off",
+                "URLs of a legacy HTTP service backed off after repeated failures";
+            subscriber_connects = "refract_redis_subscriber_connects",
+                "Times the response-channel subscription was (re)established";
+            canary_failures = "refract_canary_failures", "Canaries that did not come back in time";
+            publish_batches = "refract_publish_batches", "Pipelined publish batches sent to Redis";
+        }
+        let routes = route_names.into_iter().map(|route| {
+            let route = RouteLabels { route };
+            RouteMetrics {
+                connections: Family::get_or_create_owned(&open, &route),
+                connections_total: Family::get_or_create_owned(&accepted, &route),
+                events_published: each(&published, &EventKind::ALL, |e| (route.clone(), e)),
+                events_lost: each(&lost, Loss::ALL, |e| (route.clone(), e)),
+                replies_relayed: Family::get_or_create_owned(&relayed, &route),
+                closes: each(&closed, CloseReason::ALL, |e| (route.clone(), e)),
+                denials: each(&denials, Denial::ALL, |e| (route.clone(), e)),
+            }
+        });
+        let http = http_services.into_iter().map(|(route, service)| {
+            let service = ServiceLabels { route, service };
+            HttpMetrics {
+                results: each(&requests, HttpResult::ALL, |e| (service.clone(), e)),
+                polls: Family::get_or_create_owned(&polls, &service),
+                urls_down: Family::get_or_create_owned(&urls_down, &service),
+            }
+        });
         Self {
-            routes: route_names.into_iter().map(RouteMetrics::new).collect(),
-            channels: ChannelMetrics::new(),
-            http: http_services
-                .into_iter()
-                .map(|(route, service)| HttpMetrics {
-                    route,
-                    service,
-                    results: counters(HttpResult::ALL.len()),
-                    polls: AtomicU64::new(0),
-                    urls_down: AtomicI64::new(0),
-                })
-                .collect(),
-            replies_dropped: counters(ReplyDrop::ALL.len()),
-            rejections: counters(Rejection::ALL.len()),
-            other_lost: AtomicU64::new(0),
-            notconnected_sent: AtomicU64::new(0),
-            subscriber_connects: AtomicU64::new(0),
-            canary_failures: AtomicU64::new(0),
-            publish_batches: AtomicU64::new(0),
-            ready: AtomicI64::new(0),
+            routes: routes.collect(),
+            http: http.collect(),
+            registry,
+            channels,
+            replies_dropped: each(&dropped, ReplyDrop::ALL, |e| e),
+            rejections: each(&rejections, Rejection::ALL, |e| e),
+            other_lost,
+            notconnected_sent,
+            subscriber_connects,
+            canary_failures,
+            publish_batches,
+            ready,
         }
     }
 
     pub fn reply_dropped(&self, reason: ReplyDrop) {
-        self.replies_dropped[reason as usize].fetch_add(1, Relaxed);
+        self.replies_dropped[reason as usize].inc();
     }
 
     pub fn rejected(&self, reason: Rejection) {
-        self.rejections[reason as usize].fetch_add(1, Relaxed);
+        self.rejections[reason as usize].inc();
     }
 
-    /// Prometheus text exposition format, version 0.0.4.
+    /// Prometheus text exposition format, version 0.0.4 ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        self.channels.render(&mut out);
-        header(
-            &mut out,
-            "refract_ready",
-            "gauge",
-            "1 while the node's data plane works",
-        );
-        sample(&mut out, "refract_ready", &[], self.ready.load(Relaxed));
-
-        header(
-            &mut out,
-            "refract_connections",
-            "gauge",
-            "Open client connections",
-        );
-        for r in &self.routes {
-            sample(
-                &mut out,
-                "refract_connections",
-                &[("route", &r.name)],
-                r.connections.load(Relaxed),
-            );
-        }
-        header(
-            &mut out,
-            "refract_connections_accepted_total",
-            "counter",
-            "Client connections accepted",
-        );
-        for r in &self.routes {
-            sample(
-                &mut out,
-                "refract_connections_accepted_total",
-                &[("route", &r.name)],
-                r.connections_total.load(Relaxed),
-            );
-        }
-        header(
-            &mut out,
-            "refract_connections_closed_total",
-            "counter",
-            "Client connections closed, by reason",
-        );
-        for r in &self.routes {
-            for reason in CloseReason::ALL {
-                sample(
-                    &mut out,
-                    "refract_connections_closed_total",
-                    &[("route", &r.name), ("reason", reason.as_str())],
-                    r.closes[*reason as usize].load(Relaxed),
-                );
-            }
-        }
-        header(
-            &mut out,
-            "refract_events_published_total",
-            "counter",
-            "Events published to service channels (one per channel)",
-        );
-        for r in &self.routes {
-            for kind in crate::prism::EventKind::ALL {
-                sample(
-                    &mut out,
-                    "refract_events_published_total",
-                    &[("route", &r.name), ("type", kind.as_str())],
-                    r.events_published[kind as usize].load(Relaxed),
-                );
-            }
-        }
-        header(
-            &mut out,
-            "refract_events_lost_total",
-            "counter",
-            "Events that could not be published, by reason",
-        );
-        for r in &self.routes {
-            for reason in Loss::ALL {
-                sample(
-                    &mut out,
-                    "refract_events_lost_total",
-                    &[("route", &r.name), ("reason", reason.as_str())],
-                    r.events_lost[*reason as usize].load(Relaxed),
-                );
-            }
-        }
-        header(
-            &mut out,
-            "refract_replies_relayed_total",
-            "counter",
-            "Service replies delivered to a client's queue",
-        );
-        for r in &self.routes {
-            sample(
-                &mut out,
-                "refract_replies_relayed_total",
-                &[("route", &r.name)],
-                r.replies_relayed.load(Relaxed),
-            );
-        }
-        header(
-            &mut out,
-            "refract_replies_dropped_total",
-            "counter",
-            "Messages on the response channel that reached no client, by reason",
-        );
-        for reason in ReplyDrop::ALL {
-            sample(
-                &mut out,
-                "refract_replies_dropped_total",
-                &[("reason", reason.as_str())],
-                self.replies_dropped[*reason as usize].load(Relaxed),
-            );
-        }
-        header(
-            &mut out,
-            "refract_notconnected_sent_total",
-            "counter",
-            "notconnected answers published to services",
-        );
-        sample(
-            &mut out,
-            "refract_notconnected_sent_total",
-            &[],
-            self.notconnected_sent.load(Relaxed),
-        );
-        header(
-            &mut out,
-            "refract_notconnected_lost_total",
-            "counter",
-            "notconnected answers that could not be published",
-        );
-        sample(
-            &mut out,
-            "refract_notconnected_lost_total",
-            &[],
-            self.other_lost.load(Relaxed),
-        );
-        header(
-            &mut out,
-            "refract_http_rejections_total",
-            "counter",
-            "HTTP requests refused, by reason",
-        );
-        for reason in Rejection::ALL {
-            sample(
-                &mut out,
-                "refract_http_rejections_total",
-                &[("reason", reason.as_str())],
-                self.rejections[*reason as usize].load(Relaxed),
-            );
-        }
-        header(
-            &mut out,
-            "refract_admission_rejections_total",
-            "counter",
-            "Clients refused by a route's admission rules, by reason",
-        );
-        for r in &self.routes {
-            for reason in Denial::ALL {
-                let labels = [("route", r.name.as_str()), ("reason", reason.as_str())];
-                let value = r.denials[*reason as usize].load(Relaxed);
-                sample(
-                    &mut out,
-                    "refract_admission_rejections_total",
-                    &labels,
-                    value,
-                );
-            }
-        }
-        header(
-            &mut out,
-            "refract_http_requests_total",
-            "counter",
-            "Requests to legacy HTTP services, by result",
-        );
-        for h in &self.http {
-            for result in HttpResult::ALL {
-                let labels = [
-                    ("route", &*h.route),
-                    ("service", &*h.service),
-                    ("result", result.as_str()),
-                ];
-                sample(
-                    &mut out,
-                    "refract_http_requests_total",
-                    &labels,
-                    h.get(*result),
-                );
-            }
-        }
-        header(
-            &mut out,
-            "refract_http_polls_total",
-            "counter",
-            "Polls sent to legacy HTTP services",
-        );
-        for h in &self.http {
-            let labels = [("route", &*h.route), ("service", &*h.service)];
-            sample(
-                &mut out,
-                "refract_http_polls_total",
-                &labels,
-                h.polls.load(Relaxed),
-            );
-        }
-        header(
-            &mut out,
-            "refract_http_service_urls_backing_off",
-            "gauge",
-            "URLs of a legacy HTTP service backed off after repeated failures",
-        );
-        for h in &self.http {
-            let labels = [("route", &*h.route), ("service", &*h.service)];
-            sample(
-                &mut out,
-                "refract_http_service_urls_backing_off",
-                &labels,
-                h.urls_down.load(Relaxed),
-            );
-        }
-        header(
-            &mut out,
-            "refract_redis_subscriber_connects_total",
-            "counter",
-            "Times the response-channel subscription was (re)established",
-        );
-        sample(
-            &mut out,
-            "refract_redis_subscriber_connects_total",
-            &[],
-            self.subscriber_connects.load(Relaxed),
-        );
-        header(
-            &mut out,
-            "refract_canary_failures_total",
-            "counter",
-            "Canaries that did not come back in time",
-        );
-        sample(
-            &mut out,
-            "refract_canary_failures_total",
-            &[],
-            self.canary_failures.load(Relaxed),
-        );
-        header(
-            &mut out,
-            "refract_publish_batches_total",
-            "counter",
-            "Pipelined publish batches sent to Redis",
-        );
-        sample(
-            &mut out,
-            "refract_publish_batches_total",
-            &[],
-            self.publish_batches.load(Relaxed),
-        );
+        let mut out = String::with_capacity(16 * 1024);
+        enc::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
-    }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{k}=\"");
-            for c in v.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// Lets a log line through at most once per interval, so a flood of bad input cannot flood the
-/// log; the metrics still count every occurrence.
-pub struct LogLimiter {
-    start: Instant,
-    next_ms: AtomicU64,
-    interval: Duration,
-}
-
-impl LogLimiter {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            start: Instant::now(),
-            next_ms: AtomicU64::new(0),
-            interval,
-        }
-    }
-
-    pub fn allow(&self) -> bool {
-        let now = self.start.elapsed().as_millis() as u64;
-        let next = self.next_ms.load(Relaxed);
-        now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + self.interval.as_millis() as u64,
-                    Relaxed,
-                    Relaxed,
-                )
-                .is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_labelled_counters() {
-        let m = Metrics::new(["/quotes".to_string()], []);
-        m.routes[0].published(crate::prism::EventKind::Message, 3);
-        m.reply_dropped(ReplyDrop::InvalidJson);
-        m.routes[0].closed(CloseReason::SlowClient);
-        let text = m.render();
-        assert!(
-            text.contains("refract_events_published_total{route=\"/quotes\",type=\"message\"} 3\n")
-        );
-        assert!(text.contains("refract_replies_dropped_total{reason=\"invalid_json\"} 1\n"));
-        assert!(text.contains(
-            "refract_connections_closed_total{route=\"/quotes\",reason=\"slow_client\"} 1\n"
-        ));
-        assert!(text.contains("# TYPE refract_connections gauge\n"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        sample(&mut out, "m", &[("route", "/a\"b\\")], 1);
-        assert_eq!(out, "m{route=\"/a\\\"b\\\\\"} 1\n");
-    }
-
-    #[test]
-    fn log_limiter_allows_one_per_interval() {
-        let l = LogLimiter::new(Duration::from_secs(3600));
-        assert!(l.allow());
-        assert!(!l.allow());
     }
 }

@@ -388,6 +388,16 @@ async fn http_surface_answers_404_426_health_and_metrics() {
     assert!(metrics.contains("refract_ready 1\n"), "{metrics}");
     assert!(metrics.contains("refract_http_rejections_total{reason=\"not_found\"} 2\n"));
     assert!(metrics.contains("refract_http_rejections_total{reason=\"upgrade_required\"} 1\n"));
+    let raw = http_response(
+        gw.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "scrapers pick their parser by Content-Type: {raw}"
+    );
 
     // The query string is not part of the route.
     let mut input = redis.subscribe("input").await;

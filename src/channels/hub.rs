@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -43,7 +42,7 @@ impl Hub {
     pub fn join(&self, topic: &Topic, member: Member) -> bool {
         let mut members = self.topics.entry(topic.clone()).or_default();
         members.push(member);
-        self.metrics.channels.joined.fetch_add(1, Relaxed);
+        self.metrics.channels.joined.inc();
         members.len() == 1
     }
 
@@ -55,7 +54,7 @@ impl Hub {
         let before = members.len();
         members.retain(|m| &m.conn != conn);
         let removed = (before - members.len()) as i64;
-        self.metrics.channels.joined.fetch_sub(removed, Relaxed);
+        self.metrics.channels.joined.dec_by(removed);
         let empty = members.is_empty();
         drop(members);
         empty
@@ -85,7 +84,7 @@ impl Hub {
     /// Delivers one message from Redis to every local member of `topic`. JSON payloads go out as
     /// text frames with the payload inserted; other bytes as binary pushes; empty ones nowhere.
     pub fn deliver(&self, topic: &str, event: &str, payload: &[u8]) {
-        self.metrics.channels.messages_in.fetch_add(1, Relaxed);
+        self.metrics.channels.messages_in.inc();
         // Looked up by name: what Redis delivers is a channel name, not yet a topic.
         let Some(members) = self.topics.get(topic) else {
             return;
@@ -116,7 +115,7 @@ impl Hub {
             };
             match m.control.push(frame.clone()) {
                 Ok(()) => {
-                    self.metrics.channels.frames_out.fetch_add(1, Relaxed);
+                    self.metrics.channels.frames_out.inc();
                 }
                 Err(Refused::Full) => self.metrics.channels.dropped(ChannelDrop::SlowClient),
                 Err(Refused::Closed) => {}

@@ -147,17 +147,8 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>) {
 
 /// What this node tells the others about itself (the value of its liveness key).
 fn node_stats(gw: &Gateway) -> String {
-    let routes: i64 = gw
-        .metrics
-        .routes
-        .iter()
-        .map(|r| r.connections.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
-    let sockets = gw
-        .metrics
-        .channels
-        .sockets
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let routes: i64 = gw.metrics.routes.iter().map(|r| r.connections.get()).sum();
+    let sockets = gw.metrics.channels.sockets.get();
     serde_json::json!({"node": gw.node.as_str(), "connections": routes + sockets,
                        "route_connections": routes, "sockets": sockets})
     .to_string()
@@ -175,10 +166,7 @@ async fn sweep(gw: &Gateway, own_past: bool) -> bool {
         let channel = diff_channel(&topic);
         let removed = store::sweep(&gw.redis, &topic, &channel, mine).await;
         if let Some(n) = removed.ok().filter(|n| *n > 0) {
-            gw.metrics
-                .channels
-                .presence_swept
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            gw.metrics.channels.presence_swept.inc_by(n as u64);
             tracing::info!(topic = %topic, removed = n, "removed presence entries of dead nodes");
         }
     }

@@ -93,12 +93,8 @@ impl Socket {
         async move {
             let gw = self.gw.clone();
             let metrics = &gw.metrics.channels;
-            metrics
-                .sockets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            metrics
-                .sockets_total
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.sockets.inc();
+            metrics.sockets_total.inc();
             let timing = Timing {
                 write_timeout: gw.settings.server.write_timeout,
                 // 1001 on idleness, not 1000: phoenix.js reconnects after 1001.
@@ -113,9 +109,7 @@ impl Socket {
             for topic in topics {
                 Box::pin(self.leave_topic(&topic)).await;
             }
-            metrics
-                .sockets
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.sockets.dec();
             metrics.closed(reason);
         }
     }

@@ -64,16 +64,12 @@ async fn respond(
 
 fn metrics(gw: &Gateway) -> Response<Full<Bytes>> {
     for (_, service) in gw.routes.http_services() {
-        gw.metrics.http[service.metrics].urls_down.store(
-            service.urls_down() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        gw.metrics.http[service.metrics]
+            .urls_down
+            .set(service.urls_down() as i64);
     }
-    text(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        gw.metrics.render().into(),
-    )
+    let body = gw.metrics.render().into();
+    text(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
 }
 
 /// The routes front door: path, upgrade and readiness; then the route's cheap checks, the

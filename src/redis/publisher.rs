@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::RedisSettings;
-use crate::metrics::{LogLimiter, Loss, Metrics};
+use crate::log::LogLimiter;
+use crate::metrics::{Loss, Metrics};
 use crate::prism::EventKind;
 use crate::redis::client::{Redis, RedisError};
 use crate::worker::Workers;
@@ -154,10 +155,10 @@ fn count_lost(metrics: &Metrics, p: &Publish, reason: Loss) {
     match p.tag {
         Tag::Event { route, .. } => metrics.routes[route].lost(reason, 1),
         Tag::NotConnected => {
-            metrics.other_lost.fetch_add(1, Relaxed);
+            metrics.other_lost.inc();
         }
         Tag::Channel => {
-            metrics.channels.publishes_lost.fetch_add(1, Relaxed);
+            metrics.channels.publishes_lost.inc();
         }
     }
 }
@@ -175,14 +176,14 @@ fn count_published(metrics: &Metrics, batch: &mut [Publish], receivers: &[i64]) 
         acknowledge(p, true);
         match p.tag {
             Tag::Channel => {
-                metrics.channels.publishes.fetch_add(1, Relaxed);
+                metrics.channels.publishes.inc();
             }
             Tag::Event { route, .. } if heard == 0 => {
                 metrics.routes[route].lost(Loss::NoSubscriber, 1);
             }
             Tag::Event { route, kind } => metrics.routes[route].published(kind, 1),
             Tag::NotConnected => {
-                metrics.notconnected_sent.fetch_add(1, Relaxed);
+                metrics.notconnected_sent.inc();
             }
         }
     }
@@ -221,7 +222,7 @@ async fn worker(
         }
         match send(&mut conn, &redis, &batch).await {
             Ok(receivers) => {
-                metrics.publish_batches.fetch_add(1, Relaxed);
+                metrics.publish_batches.inc();
                 count_published(&metrics, &mut batch, &receivers);
                 backoff.reset();
                 down_until = None;

@@ -6,7 +6,6 @@
 //! use capped exponential backoff with jitter.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,7 +15,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::Gateway;
 use crate::backoff::Backoff;
-use crate::metrics::LogLimiter;
+use crate::log::LogLimiter;
 use crate::prism::{self, Inbound};
 use crate::redis::client::RedisError;
 use crate::worker::Part;
@@ -35,7 +34,7 @@ pub async fn run(gw: Arc<Gateway>) {
     loop {
         let end = match subscribe(&gw).await {
             Ok(stream) => {
-                gw.metrics.subscriber_connects.fetch_add(1, Relaxed);
+                gw.metrics.subscriber_connects.inc();
                 tracing::info!(channel = %gw.response_channel, "subscribed to the response channel");
                 serve(&gw, stream, &mut backoff, &log).await
             }
@@ -115,7 +114,7 @@ async fn serve(
             }
             _ = sleep_until(wake) => {
                 if pending.is_some() {
-                    gw.metrics.canary_failures.fetch_add(1, Relaxed);
+                    gw.metrics.canary_failures.inc();
                     return End::CanaryMissing;
                 }
                 seq += 1;

@@ -17,7 +17,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::Gateway;
 use crate::backoff::Backoff;
 use crate::config::HttpService as Settings;
-use crate::metrics::{HttpResult, LogLimiter};
+use crate::log::LogLimiter;
+use crate::metrics::HttpResult;
 use crate::prism::{self, Action, ClientData, EventKind};
 use crate::routes::peer::PeerInfo;
 use crate::routes::registry::Handle;
@@ -216,7 +217,7 @@ async fn run(
                 None => return,
             },
             _ = async { poll.as_mut().expect("guarded").tick().await }, if poll.is_some() => {
-                gw.metrics.http[service.metrics].polls.fetch_add(1, Relaxed);
+                gw.metrics.http[service.metrics].polls.inc();
                 let text = last.clone().unwrap_or(Data::Text(String::new()));
                 Job { kind: EventKind::Message, data: Some(text) }
             }

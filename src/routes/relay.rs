@@ -9,7 +9,8 @@ use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::Gateway;
-use crate::metrics::{LogLimiter, ReplyDrop};
+use crate::log::LogLimiter;
+use crate::metrics::ReplyDrop;
 use crate::prism::{self, Action, Payload, Reply, ReplyError};
 use crate::redis::publisher::{Publish, Tag};
 use crate::routes::registry::Handle;
@@ -74,9 +75,7 @@ fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
     for message in frames.into_iter().flatten() {
         match conn.control.push(message) {
             Ok(()) => {
-                gw.metrics.routes[conn.route]
-                    .replies_relayed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                gw.metrics.routes[conn.route].replies_relayed.inc();
             }
             Err(Refused::Full) => {
                 gw.metrics.reply_dropped(ReplyDrop::SlowClient);

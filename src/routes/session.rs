@@ -121,12 +121,8 @@ impl Session {
                 .map(|svc| Lane::start(&gw, svc.clone(), self.peer.clone(), handle.clone()))
                 .collect();
             gw.registry.insert(self.peer.id.clone(), handle);
-            route_metrics
-                .connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            route_metrics
-                .connections_total
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            route_metrics.connections.inc();
+            route_metrics.connections_total.inc();
             tracing::debug!(remote = %self.peer.remote_address, "connected");
 
             self.publish(EventKind::Connect, None).await;
@@ -142,9 +138,7 @@ impl Session {
             gw.registry.remove(self.peer.id.as_str());
             self.control.close();
             self.publish(EventKind::Disconnect, None).await;
-            route_metrics
-                .connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            route_metrics.connections.dec();
             route_metrics.closed(reason);
             tracing::debug!(reason = reason.as_str(), "disconnected");
         }

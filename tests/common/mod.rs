@@ -339,14 +339,7 @@ impl Drop for Gateway {
 
 /// Sends a raw HTTP/1.1 request and reads the whole response.
 pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("HTTP response in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
+    let text = http_response(addr, request).await;
     let status = text
         .split_whitespace()
         .nth(1)
@@ -357,6 +350,18 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The whole response to a raw HTTP request, head and body.
+pub async fn http_response(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    String::from_utf8_lossy(&buf).to_string()
 }
 
 pub struct Client {
