@@ -691,7 +691,7 @@ fn minimal_file_gets_documented_defaults() {
     assert_eq!(s.server.listen, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(s.redis.response_channel, "refract.responses");
     assert_eq!(
-        s.routes["/quotes"].services["q"].resolve("k").unwrap(),
+        s.routes["/quotes"].services["q"],
         Service::Redis {
             request_channel: "input".into()
         }
@@ -737,7 +737,7 @@ fn http_services_take_one_url_or_a_list() {
         "#,
     )
     .unwrap();
-    let Service::Http(h) = s.routes["/news"].services["legacy"].resolve("k").unwrap() else {
+    let Service::Http(h) = &s.routes["/news"].services["legacy"] else {
         panic!()
     };
     assert_eq!(h.urls.len(), 2);
@@ -850,4 +850,29 @@ fn routes_must_be_paths_and_not_reserved() {
     assert!(err(&format!("[routes.\"quotes\"{svc}")).contains("routes.\"quotes\""));
     assert!(err(&format!("[routes.\"/metrics\"{svc}")).contains("reserved"));
     assert!(err("[routes.\"/q\"]\n").contains("at least one service"));
+}
+
+#[test]
+fn loading_builds_the_verifiers_and_unvalidated_settings_refuse_every_token() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let token = refract::auth::mint_hmac(
+        SECRET.as_bytes(),
+        jsonwebtoken::Algorithm::HS256,
+        serde_json::Map::new(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let s = Settings::from_toml(&format!(
+        "[channels]\njwt_secret = \"{SECRET}\"\n[routes.\"/q\".auth]\njwt = {{ secret = \"{SECRET}\" }}\n{}",
+        svc!("type = \"redis\"\nrequest_channel = \"x\"\n")
+    ))
+    .unwrap();
+    let route = s.routes["/q"].auth.as_ref().unwrap();
+    assert!(route.verifier.verify(&token).is_ok());
+    assert!(s.channels.unwrap().verifier.verify(&token).is_ok());
+    let unvalidated = refract::auth::Verifier::default();
+    assert_eq!(
+        unvalidated.verify(&token).unwrap_err(),
+        refract::auth::TokenError::Invalid
+    );
 }

@@ -58,7 +58,7 @@ impl Channels {
         command_timeout: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<bridge::Cmd>) {
         let jwt = settings.jwt();
-        let verifier = jwt.verifier().expect("validated");
+        let verifier = settings.verifier.clone();
         let secret = jwt.secret_bytes().ok();
         let api_key = settings
             .token_endpoint
