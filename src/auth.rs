@@ -103,9 +103,21 @@ pub fn now_secs() -> u64 {
 }
 
 /// Verifies tokens for one configured key. Built once at start-up.
+#[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+}
+
+/// Refuses every token (no algorithm is allowed): what settings hold until validation builds
+/// their verifier, so that settings that skipped validation fail closed.
+impl Default for Verifier {
+    fn default() -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms.clear();
+        let key = DecodingKey::from_secret(&[]);
+        Self { key, validation }
+    }
 }
 
 impl std::fmt::Debug for Verifier {

@@ -28,14 +28,14 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Built from validated settings; the receiver goes to [`bridge::run`].
+    /// Built from validated settings; the receiver goes to [`crate::channels::bridge::run`].
     pub fn new(
         settings: ChannelsSettings,
         metrics: Arc<Metrics>,
         command_timeout: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Cmd>) {
         let jwt = settings.jwt();
-        let verifier = jwt.verifier().expect("validated");
+        let verifier = settings.verifier.clone();
         let secret = jwt.secret_bytes().ok();
         let api_key = settings
             .token_endpoint

@@ -65,8 +65,7 @@ impl Denied {
 }
 
 impl Gate {
-    /// `route` settings over the `[server]` defaults. Settings are validated, so the verifier
-    /// builds.
+    /// `route` settings over the `[server]` defaults, with the verifier that validation built.
     pub fn new(
         defaults: &AdmissionSettings,
         route: &AdmissionSettings,
@@ -74,8 +73,8 @@ impl Gate {
     ) -> Self {
         let verifier = auth
             .as_ref()
-            .and_then(|a| a.jwt.as_ref())
-            .map(|jwt| jwt.verifier().expect("validated"));
+            .filter(|a| a.jwt.is_some())
+            .map(|a| a.verifier.clone());
         let hook_slots = auth
             .as_ref()
             .and_then(|a| a.connect_hook.as_ref())

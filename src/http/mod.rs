@@ -1,6 +1,6 @@
 //! The HTTP surface on the gateway's one port: health, readiness, metrics, and the two front
 //! doors' upgrades. Everything a request can be refused for is decided before any upgrade, and
-//! every refusal is answered (and counted) in [`respond`].
+//! every refusal is answered (and counted) in `respond`.
 //!
 //! - [`serve`]: the accept loop; one hyper connection per TCP connection, drained on shutdown.
 //! - [`admission`]: a route's rules: addresses, origins, JWTs, the connect hook.

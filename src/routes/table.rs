@@ -49,8 +49,7 @@ impl RouteTable {
             let mut channels = BTreeSet::new();
             let mut http = Vec::new();
             for (name, service) in &route.services {
-                let key = format!("routes.\"{path}\".services.{name}");
-                match service.resolve(&key).expect("settings are validated") {
+                match service.clone() {
                     Service::Redis { request_channel } => {
                         channels.insert(request_channel);
                     }

@@ -113,14 +113,27 @@ export class Queue {
 export class FrameLog {
   constructor() {
     this.frames = [];
+    this.waiters = [];
   }
   /** A `decode` option for `new Socket`: phoenix.js's own decoder, recording a copy first. */
   decoder() {
     return (raw, callback) => {
       const copy = raw instanceof ArrayBuffer ? raw.slice(0) : raw;
-      Serializer.decode(copy, (msg) => this.frames.push({ at: Date.now(), ...msg }));
+      Serializer.decode(copy, (msg) => this.record({ at: Date.now(), ...msg }));
       return Serializer.decode(raw, callback);
     };
+  }
+  record(frame) {
+    this.frames.push(frame);
+    this.waiters = this.waiters.filter((w) => !(w.pred(frame) && (w.resolve(frame), true)));
+  }
+  /** The first frame received that matches `pred`, waiting up to `ms` for it. */
+  first(pred, ms, what) {
+    const found = this.frames.find(pred);
+    if (found) return Promise.resolve(found);
+    const d = deferred();
+    this.waiters.push({ pred, resolve: d.resolve });
+    return within(d.promise, ms, what, this);
   }
   describe(n = 12) {
     return this.frames

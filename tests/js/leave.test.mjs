@@ -23,8 +23,13 @@ test("leave: ok reply, then no more publishes for that socket", { timeout: 20000
   const stayerEvt = events(stayerChannel, "evt");
   await joinOk(stayerChannel);
 
-  const left = await pushOutcome(channel.leave(), PROMPT_MS, "the reply to phx_leave", socket.frames);
+  const leavePush = channel.leave();
+  const left = await pushOutcome(leavePush, PROMPT_MS, "the reply to phx_leave", socket.frames);
   assert.equal(left.status, "ok", `leave answered ${JSON.stringify(left)}`);
+  // phoenix.js answers a leave itself at once; the gateway's own reply says it has left there.
+  const isReply = (f) => f.topic === topic && f.event === "phx_reply" && f.ref === leavePush.ref;
+  const reply = await socket.frames.first(isReply, PROMPT_MS, "the gateway's reply to phx_leave");
+  assert.equal(reply.payload.status, "ok", `the gateway answered ${JSON.stringify(reply)}`);
   const leftAt = socket.frames.frames.length;
 
   // Published in this order: the left topic first, then the control topic. Once the control

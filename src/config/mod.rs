@@ -1,0 +1,212 @@
+//! Configuration: the TOML file (plus `REFRACT__*` environment overrides) as typed data.
+//!
+//! Loading is in two steps so that every error names its key: serde turns the merged sources into
+//! [`Settings`] (rejecting unknown keys and wrong types), then [`Settings::validate`] checks the
+//! values, section by section (one file each). Both happen before anything binds.
+//!
+//! - [`server`]: `[server]`, the port and every connection's limits.
+//! - [`redis`]: `[redis]`, where events go and replies come back.
+//! - [`routes`]: `[routes."<path>"]`, services, admission, auth, rate limits.
+//! - [`channels`]: `[channels]`, the Phoenix Channels endpoint, presence, tokens.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A section whose every key has a default: the struct (keys may be left out, unknown ones are
+/// refused) and its `Default`, each default written once, beside its field.
+macro_rules! section {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name { $($(#[$field_meta])* pub $field: $ty,)* }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $($field: $default,)* }
+            }
+        }
+    };
+}
+
+pub mod channels;
+pub mod redis;
+pub mod routes;
+pub mod server;
+
+pub use channels::{
+    ChannelsSettings, PresenceSettings, SystemTopicSettings, TokenEndpointSettings,
+};
+pub use redis::RedisSettings;
+pub use routes::{
+    AdmissionSettings, AuthSettings, HTTP_DEFAULT_MAX_IN_FLIGHT, HTTP_DEFAULT_TIMEOUT,
+    HookSettings, HttpService, RateLimit, RateLimitAction, RouteSettings, Service,
+};
+pub use server::ServerSettings;
+
+/// Paths the gateway serves itself; a route may not shadow them.
+pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// A configuration problem, always tied to the file and the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        let (file, key, message) = (String::new(), key.into(), message.into());
+        Self { file, key, message }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// This node's id: names its response channel, so it must be unique among nodes sharing a
+    /// Redis. Absent: generated at start.
+    pub node_id: Option<String>,
+    pub server: ServerSettings,
+    pub redis: RedisSettings,
+    pub routes: BTreeMap<String, RouteSettings>,
+    /// The Phoenix Channels endpoint; absent = Channels off.
+    pub channels: Option<ChannelsSettings>,
+}
+
+impl Settings {
+    /// Reads `path` (TOML) and applies `REFRACT__SECTION__KEY` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let env = config::Environment::with_prefix("REFRACT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        let file = config::File::from(path).format(config::FileFormat::Toml);
+        let mut settings = if path.is_file() {
+            Self::build(config::Config::builder().add_source(file).add_source(env))
+        } else {
+            Err(ConfigError::new("(file)", "cannot read the file"))
+        };
+        if let Err(e) = &mut settings {
+            e.file = path.display().to_string();
+        }
+        settings
+    }
+
+    /// Parses TOML text without the environment; for tests and `refract check` of inline text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file = config::File::from_str(text, config::FileFormat::Toml);
+        Self::build(config::Config::builder().add_source(file))
+    }
+
+    fn build(sources: Sources) -> Result<Self, ConfigError> {
+        let built = sources.build().and_then(config::Config::try_deserialize);
+        let mut settings: Self = built.map_err(from_config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value; the first problem found is returned with its key. Checking a JWT
+    /// setting means building its verifier (which reads the key file or the environment), so the
+    /// verifier built here is kept for the gateway to use, rather than built again later.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            check_name("node_id", id, 64)?;
+        }
+        self.server.validate()?;
+        self.redis.validate()?;
+        if let Some(ch) = &mut self.channels {
+            ch.validate(&self.routes)?;
+        }
+        for (path, route) in &mut self.routes {
+            route.validate(path)?;
+        }
+        Ok(())
+    }
+}
+
+type Sources = config::ConfigBuilder<config::builder::DefaultState>;
+/// What each section's `validate` returns: the first problem found, with its key.
+type Checked = Result<(), ConfigError>;
+
+/// An error for `key` unless `ok`.
+fn ensure(ok: bool, key: impl Into<String>, message: impl Into<String>) -> Checked {
+    ok.then_some(())
+        .ok_or_else(|| ConfigError::new(key, message))
+}
+
+/// A count that must not be 0 (absent is fine).
+fn positive(key: &str, value: impl Into<Option<usize>>) -> Checked {
+    ensure(value.into() != Some(0), key, "must be greater than 0")
+}
+
+/// A duration that must not be 0 (absent is fine).
+fn nonzero(key: &str, value: impl Into<Option<Duration>>) -> Checked {
+    let ok = value.into().is_none_or(|d| !d.is_zero());
+    ensure(ok, key, "must be longer than 0s")
+}
+
+/// Names that end up inside Redis channel names: printable, no spaces or glob characters.
+fn check_name(key: &str, value: &str, max: usize) -> Checked {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+    let ok = (1..=max).contains(&value.len()) && value.bytes().all(allowed);
+    let message = format!("must be 1 to {max} characters of A-Z a-z 0-9 - _ . :");
+    ensure(ok, key, message)
+}
+
+/// The `config` crate's errors carry the key they concern (spelled its way); ours names it too.
+fn from_config_error(e: config::ConfigError) -> ConfigError {
+    use config::ConfigError::{At, FileParse, Type};
+    let (key, message) = match e {
+        FileParse { cause, .. } => return toml_syntax_error(&cause.to_string()),
+        Type {
+            key: Some(k),
+            unexpected: u,
+            expected: x,
+            ..
+        } => (k, format!("invalid type: {u}, expected {x}")),
+        At {
+            key: Some(k),
+            error,
+            ..
+        } => (k, error.to_string()),
+        other => return ConfigError::new("(file)", other.to_string()),
+    };
+    ConfigError::new(route_key(&key), message)
+}
+
+/// The TOML parser's report spans several lines (location, source excerpt, caret, message); fold
+/// it into one, with the offending source line standing in for the key.
+fn toml_syntax_error(report: &str) -> ConfigError {
+    let location = report.lines().next().and_then(|l| l.split_once(" at "));
+    let source = report.lines().find_map(|l| {
+        let (n, source) = l.split_once(" | ")?;
+        n.trim().parse::<u32>().is_ok().then_some(source.trim())
+    });
+    let mut lines = report.lines().map(str::trim).rev();
+    let message = lines.find(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | "));
+    let message = format!(
+        "{} ({})",
+        message.unwrap_or("invalid TOML"),
+        location.map_or("", |l| l.1)
+    );
+    ConfigError::new(source.unwrap_or("(file)"), message)
+}
+
+/// `routes./quotes.services.x` (the config crate's spelling) becomes `routes."/quotes".services.x`.
+fn route_key(key: &str) -> String {
+    match key.strip_prefix("routes.") {
+        Some(rest) if rest.starts_with('/') => match rest.find(".services") {
+            Some(i) => format!("routes.\"{}\"{}", &rest[..i], &rest[i..]),
+            None => format!("routes.\"{rest}\""),
+        },
+        _ => key.to_string(),
+    }
+}

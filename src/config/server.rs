@@ -1,0 +1,74 @@
+//! `[server]`: the one listening port and the limits of every client connection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::{AdmissionSettings, Checked, ensure, nonzero, positive};
+
+/// Bounds of `server.read_buffer`: below the minimum every frame header takes several reads;
+/// above the maximum, idle connections would hold megabytes each.
+const READ_BUFFER_MIN: usize = 64;
+const READ_BUFFER_MAX: usize = 1 << 20;
+
+section! {
+    pub struct ServerSettings {
+        /// Address of the one port that serves routes, health and metrics.
+        pub listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)),
+        /// Peers whose `X-Forwarded-For` is believed. Empty: the TCP peer is always the client.
+        pub trusted_proxies: Vec<IpNet> = Vec::new(),
+        /// Admission defaults for every route; a route may set its own.
+        #[serde(flatten)]
+        pub admission: AdmissionSettings = AdmissionSettings::default(),
+        /// Live WebSocket connections on this node; upgrades past it get 503.
+        pub max_connections: usize = 20_000,
+        /// Largest client message (after reassembly of fragments); larger closes with 1009.
+        pub max_message_size: usize = 64 * 1024,
+        /// Frames waiting to be written to one client; a client that lets it fill is closed with
+        /// 1013.
+        pub outbound_queue: usize = 1024,
+        /// Bytes queued for one client; a client that lets it fill is closed with 1013.
+        pub outbound_queue_bytes: usize = 1024 * 1024,
+        /// Bytes of each connection's read buffer, held for as long as it is open: most of an idle
+        /// connection's memory. Larger frames are read in pieces of this size.
+        pub read_buffer: usize = 512,
+        /// How often an idle client is pinged.
+        #[serde(with = "humantime_serde")]
+        pub ping_interval: Duration = Duration::from_secs(20),
+        /// A client that sends nothing (not even a pong) for this long is closed with 1001, and
+        /// services get its `disconnect`: this is how a vanished peer is detected.
+        #[serde(with = "humantime_serde")]
+        pub idle_timeout: Duration = Duration::from_secs(60),
+        /// How long a write to one client may take before the client is considered stuck.
+        #[serde(with = "humantime_serde")]
+        pub write_timeout: Duration = Duration::from_secs(10),
+        /// How long shutdown waits for clients to close and events to drain.
+        #[serde(with = "humantime_serde")]
+        pub shutdown_grace: Duration = Duration::from_secs(10),
+    }
+}
+
+impl ServerSettings {
+    pub(super) fn validate(&self) -> Checked {
+        positive("server.max_connections", self.max_connections)?;
+        positive("server.max_message_size", self.max_message_size)?;
+        positive("server.outbound_queue", self.outbound_queue)?;
+        positive("server.outbound_queue_bytes", self.outbound_queue_bytes)?;
+        let buffer = (READ_BUFFER_MIN..=READ_BUFFER_MAX).contains(&self.read_buffer);
+        let message = format!("must be between {READ_BUFFER_MIN} and {READ_BUFFER_MAX} bytes");
+        ensure(buffer, "server.read_buffer", message)?;
+        nonzero("server.ping_interval", self.ping_interval)?;
+        nonzero("server.idle_timeout", self.idle_timeout)?;
+        ensure(
+            self.idle_timeout > self.ping_interval,
+            "server.idle_timeout",
+            "must be longer than server.ping_interval, or live clients time out",
+        )?;
+        nonzero("server.write_timeout", self.write_timeout)?;
+        positive(
+            "server.max_connections_per_ip",
+            self.admission.max_connections_per_ip,
+        )
+    }
+}
