@@ -133,7 +133,8 @@ impl Gateway {
             .map(NodeId::new)
             .unwrap_or_else(NodeId::generate);
         let response_channel = format!("{}.{}", settings.redis.response_channel, node).into();
-        let routes = RouteTable::new(&settings);
+        let live = Limit::new(settings.server.max_connections);
+        let routes = RouteTable::new(&settings, &live);
         let metrics = Arc::new(Metrics::new(
             routes.iter().map(|r| r.path.to_string()),
             routes
@@ -148,7 +149,11 @@ impl Gateway {
         let publisher = Publisher::start(&settings.redis, redis.clone(), metrics.clone(), workers);
         let (channels, commands) = match settings.channels.clone() {
             Some(c) => {
-                let (ch, cmds) = Channels::new(c, metrics.clone(), settings.redis.command_timeout);
+                let timeouts = (
+                    settings.redis.command_timeout,
+                    settings.server.write_timeout,
+                );
+                let (ch, cmds) = Channels::new(c, metrics.clone(), timeouts.0, timeouts.1);
                 (Some(ch), Some(cmds))
             }
             None => (None, None),
@@ -159,7 +164,7 @@ impl Gateway {
         let gateway = Gateway {
             node,
             response_channel,
-            live: Limit::new(settings.server.max_connections),
+            live,
             settings,
             routes,
             registry: Registry::default(),

@@ -299,10 +299,12 @@ refract_events_published_total{route="/quotes",type="connect"}
 refract_events_published_total{route="/quotes",type="disconnect"}
 refract_events_published_total{route="/quotes",type="message"}
 refract_http_polls_total{route="/quotes",service="quoteservice"}
+refract_http_rejections_total{reason="bad_socket_token"}
 refract_http_rejections_total{reason="bad_upgrade"}
 refract_http_rejections_total{reason="not_found"}
 refract_http_rejections_total{reason="not_ready"}
 refract_http_rejections_total{reason="too_many_connections"}
+refract_http_rejections_total{reason="unsupported_serializer"}
 refract_http_rejections_total{reason="upgrade_required"}
 refract_http_requests_total{route="/quotes",service="quoteservice",result="backing_off"}
 refract_http_requests_total{route="/quotes",service="quoteservice",result="client_error"}

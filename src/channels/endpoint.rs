@@ -12,6 +12,7 @@ use crate::channels::hub::Hub;
 use crate::config::ChannelsSettings;
 use crate::metrics::{ChannelMetrics, Metrics};
 use crate::phoenix::Topic;
+use crate::ws::driver::Timing;
 
 pub struct Channels {
     pub settings: ChannelsSettings,
@@ -25,6 +26,9 @@ pub struct Channels {
     bridge: mpsc::UnboundedSender<Cmd>,
     metrics: Arc<Metrics>,
     command_timeout: Duration,
+    /// Every socket's timers. 1001 on idleness, not 1000: phoenix.js reconnects after 1001. No
+    /// pings: phoenix.js sends heartbeats.
+    pub timing: Timing,
 }
 
 impl Channels {
@@ -33,6 +37,7 @@ impl Channels {
         settings: ChannelsSettings,
         metrics: Arc<Metrics>,
         command_timeout: Duration,
+        write_timeout: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Cmd>) {
         let jwt = settings.jwt();
         let verifier = settings.verifier.clone();
@@ -49,6 +54,11 @@ impl Channels {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let ch = Self {
+            timing: Timing {
+                write_timeout,
+                idle_timeout: settings.idle_timeout,
+                ping_interval: None,
+            },
             ws_path: settings.websocket_path(),
             settings,
             verifier,

@@ -22,7 +22,7 @@ use crate::ids::ConnectionId;
 use crate::metrics::{ChannelDrop, JoinResult};
 use crate::phoenix::{self, InFrame, Topic};
 use crate::redis::publisher::{Publish, Tag};
-use crate::ws::driver::{self, Data, Handler, Timing};
+use crate::ws::driver::{self, Data, Handler};
 use crate::ws::queue::Control;
 
 /// Bad frames tolerated before the socket is closed with 1007.
@@ -95,14 +95,9 @@ impl Socket {
             let metrics = &gw.metrics.channels;
             metrics.sockets.inc();
             metrics.sockets_total.inc();
-            let timing = Timing {
-                write_timeout: gw.settings.server.write_timeout,
-                // 1001 on idleness, not 1000: phoenix.js reconnects after 1001.
-                idle_timeout: self.ch.settings.idle_timeout,
-                // phoenix.js sends heartbeats; the gateway does not ping.
-                ping_interval: None,
-            };
             let control = self.control.clone();
+            let ch = self.ch.clone();
+            let timing = &ch.timing;
             let reason = driver::drive(&mut ws, &control, &gw.shutdown, timing, &mut self).await;
             control.close();
             let topics: Vec<Topic> = self.joined.keys().cloned().collect();
@@ -419,7 +414,7 @@ mod tests {
         let settings = crate::Settings::from_toml(&toml).unwrap();
         let (gw, _) = Gateway::new(settings, Default::default(), &Workers::default()).unwrap();
         let ch = gw.channels.clone().unwrap();
-        let slot = ConnectionSlot::reserve(&gw.live, None, None).unwrap();
+        let slot = ConnectionSlot::reserve(&gw.live, None).unwrap();
         let socket = Socket::new(
             gw.clone(),
             ch,

@@ -53,7 +53,7 @@ pub async fn upgrade(
     };
     upgrade::require_ready(gw)?;
     let slot =
-        ConnectionSlot::reserve(&gw.live, None, None).map_err(|_| Rejection::TooManyConnections)?;
+        ConnectionSlot::reserve(&gw.live, None).map_err(|_| Rejection::TooManyConnections)?;
     let phoenix = offered_protocols(req.headers()).any(|p| p == "phoenix");
     let protocol = phoenix.then(|| HeaderValue::from_static("phoenix"));
     let (response, ws) = upgrade::accept(gw, &mut req, ch.settings.max_frame_size, protocol)?;

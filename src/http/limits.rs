@@ -7,32 +7,52 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
-/// One limit: how many are in use, and how many may be.
+/// One limit: how many are in use, and how many may be. A place under it is also a place under
+/// its parent (a route's limit sits under the node's), so a slot holds one limit only.
 #[derive(Debug)]
 pub struct Limit {
     live: AtomicUsize,
     max: usize,
+    parent: Option<Arc<Limit>>,
 }
 
 impl Limit {
     pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            live: AtomicUsize::new(0),
-            max,
-        })
+        Self::under(None, max)
     }
 
-    /// Takes one place unless the limit is reached.
-    fn take(&self) -> bool {
-        self.live
+    /// A limit within `parent`'s.
+    pub fn under(parent: Option<Arc<Limit>>, max: usize) -> Arc<Self> {
+        let live = AtomicUsize::new(0);
+        Arc::new(Self { live, max, parent })
+    }
+
+    /// Takes one place here and in every parent, or names the limit that refused; nothing stays
+    /// taken then.
+    fn take(&self) -> Result<(), &Limit> {
+        let taken = self
+            .live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
-            })
-            .is_ok()
+            });
+        if taken.is_err() {
+            return Err(self);
+        }
+        if let Some(parent) = &self.parent {
+            parent.take().inspect_err(|_| self.give_back_here())?;
+        }
+        Ok(())
+    }
+
+    fn give_back_here(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn give_back(&self) {
-        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.give_back_here();
+        if let Some(parent) = &self.parent {
+            parent.give_back();
+        }
     }
 }
 
@@ -52,35 +72,33 @@ pub enum SlotLimit {
 
 /// A reserved place under every limit that applies to one connection; given back when dropped.
 pub struct ConnectionSlot {
-    node: Arc<Limit>,
-    route: Option<Arc<Limit>>,
+    /// The innermost limit taken; its parents were taken with it.
+    limit: Arc<Limit>,
     /// Set when the slot counts against a per-address limit.
     ip: Option<(Arc<PerIp>, IpAddr)>,
 }
 
 impl ConnectionSlot {
-    /// Takes a place under `node`, then `route` (if any), then `per_ip` (if the route limits
-    /// addresses), or says which limit was hit; nothing stays taken on failure.
+    /// Takes a place under `limit` (a route's, within the node's; or the node's), then under
+    /// `per_ip` (if the route limits addresses), or says which limit was hit; nothing stays
+    /// taken on failure.
     pub fn reserve(
-        node: &Arc<Limit>,
-        route: Option<&Arc<Limit>>,
+        limit: &Arc<Limit>,
         per_ip: Option<(&Arc<PerIp>, IpAddr, usize)>,
     ) -> Result<Self, SlotLimit> {
-        if !node.take() {
-            return Err(SlotLimit::Node);
+        if let Err(refused) = limit.take() {
+            let node = refused.parent.is_none();
+            return Err(if node {
+                SlotLimit::Node
+            } else {
+                SlotLimit::Route
+            });
         }
         // From here on, dropping `slot` gives back what was taken.
         let mut slot = ConnectionSlot {
-            node: node.clone(),
-            route: None,
+            limit: limit.clone(),
             ip: None,
         };
-        if let Some(route) = route {
-            if !route.take() {
-                return Err(SlotLimit::Route);
-            }
-            slot.route = Some(route.clone());
-        }
         if let Some((map, ip, max)) = per_ip {
             let mut n = map.counts.entry(ip).or_insert(0);
             if *n >= max {
@@ -96,10 +114,7 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.node.give_back();
-        if let Some(route) = &self.route {
-            route.give_back();
-        }
+        self.limit.give_back();
         if let Some((map, ip)) = &self.ip {
             if let Some(mut n) = map.counts.get_mut(ip) {
                 *n -= 1;
@@ -113,28 +128,29 @@ impl Drop for ConnectionSlot {
 mod tests {
     use super::*;
 
+    fn live(limit: &Limit) -> usize {
+        limit.live.load(Ordering::Acquire)
+    }
+
     #[test]
     fn a_refused_slot_gives_back_what_it_took() {
         let node = Limit::new(2);
-        let route = Limit::new(1);
+        let route = Limit::under(Some(node.clone()), 1);
         let per_ip = Arc::new(PerIp::default());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let first = ConnectionSlot::reserve(&node, Some(&route), Some((&per_ip, ip, 5))).unwrap();
-        let refused = ConnectionSlot::reserve(&node, Some(&route), None);
+        let first = ConnectionSlot::reserve(&route, Some((&per_ip, ip, 5))).unwrap();
+        let refused = ConnectionSlot::reserve(&route, None);
         assert_eq!(refused.err(), Some(SlotLimit::Route));
+        assert_eq!(live(&node), 1, "the node's place was not taken");
+        let other = Limit::under(Some(node.clone()), 10);
+        let second = ConnectionSlot::reserve(&other, None).unwrap();
         assert_eq!(
-            node.live.load(Ordering::Acquire),
-            1,
-            "the node place came back"
+            ConnectionSlot::reserve(&other, None).err(),
+            Some(SlotLimit::Node)
         );
-        drop(first);
-        assert_eq!(
-            (
-                node.live.load(Ordering::Acquire),
-                route.live.load(Ordering::Acquire)
-            ),
-            (0, 0)
-        );
+        assert_eq!(live(&other), 1, "the route's place came back");
+        drop((first, second));
+        assert_eq!((live(&node), live(&route), live(&other)), (0, 0, 0));
         assert!(
             per_ip.counts.is_empty(),
             "an address with no connection is forgotten"
@@ -147,9 +163,10 @@ mod tests {
         let per_ip = Arc::new(PerIp::default());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let _a1 = ConnectionSlot::reserve(&node, None, Some((&per_ip, a, 1))).unwrap();
-        let again = ConnectionSlot::reserve(&node, None, Some((&per_ip, a, 1)));
+        let _a1 = ConnectionSlot::reserve(&node, Some((&per_ip, a, 1))).unwrap();
+        let again = ConnectionSlot::reserve(&node, Some((&per_ip, a, 1)));
         assert_eq!(again.err(), Some(SlotLimit::PerIp));
-        assert!(ConnectionSlot::reserve(&node, None, Some((&per_ip, b, 1))).is_ok());
+        assert_eq!(live(&node), 1, "the refused slot gave its place back");
+        assert!(ConnectionSlot::reserve(&node, Some((&per_ip, b, 1))).is_ok());
     }
 }

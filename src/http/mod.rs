@@ -95,7 +95,7 @@ async fn route_upgrade(
         .rules
         .max_connections_per_ip
         .map(|max| (&gw.per_ip, ip, max));
-    let slot = match ConnectionSlot::reserve(&gw.live, route.limit.as_ref(), per_ip) {
+    let slot = match ConnectionSlot::reserve(&route.limit, per_ip) {
         Ok(slot) => slot,
         Err(SlotLimit::PerIp) => {
             return Err(deny(Denied {

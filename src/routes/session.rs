@@ -25,7 +25,7 @@ use crate::routes::http_service::{Data as LaneData, Lane};
 use crate::routes::peer::PeerInfo;
 use crate::routes::registry::Handle;
 use crate::routes::table::Route;
-use crate::ws::driver::{self, Data, Handler, Timing};
+use crate::ws::driver::{self, Data, Handler};
 use crate::ws::queue::Control;
 
 /// Who connected, decided before the upgrade.
@@ -126,13 +126,8 @@ impl Session {
             tracing::debug!(remote = %self.peer.remote_address, "connected");
 
             self.publish(EventKind::Connect, None).await;
-            let server = &gw.settings.server;
-            let timing = Timing {
-                write_timeout: server.write_timeout,
-                idle_timeout: server.idle_timeout,
-                ping_interval: Some(server.ping_interval),
-            };
             let control = self.control.clone();
+            let timing = &gw.routes.timing;
             let reason = driver::drive(&mut ws, &control, &gw.shutdown, timing, &mut self).await;
 
             gw.registry.remove(self.peer.id.as_str());
@@ -267,5 +262,28 @@ mod tests {
             assert_eq!(b.take(t2), Ok(()));
         }
         assert!(b.take(t2).is_err(), "never more than the burst");
+    }
+
+    /// Every open connection holds its session's future for as long as it is open: most of an
+    /// idle connection's memory after the read buffer. This keeps it from growing unnoticed
+    /// (measured over the in-memory pipe; a real socket adds its own size).
+    #[tokio::test]
+    async fn a_session_future_stays_small() {
+        let toml = "[redis]\nurl = \"redis://127.0.0.1:1\"\n\
+                    [routes.\"/q\".services.s]\ntype = \"redis\"\nrequest_channel = \"x\"\n";
+        let settings = crate::Settings::from_toml(toml).unwrap();
+        let workers = crate::worker::Workers::default();
+        let (gw, _) = Gateway::new(settings, Default::default(), &workers).unwrap();
+        let admitted = Admitted {
+            route: gw.routes.get("/q").unwrap().clone(),
+            remote_address: "192.0.2.1".into(),
+            remote_port: 1,
+            slot: ConnectionSlot::reserve(&gw.live, None).unwrap(),
+            identity: Identity::default(),
+        };
+        let (ws, _client) = crate::ws::driver::pipe::new();
+        let session = Session::new(gw.clone(), ConnectionId::random(), admitted).run(ws);
+        let size = std::mem::size_of_val(&session);
+        assert!(size <= 1400, "a session's future is {size} bytes");
     }
 }

@@ -7,6 +7,7 @@ use crate::config::{RateLimit, Service, Settings};
 use crate::http::admission::Gate;
 use crate::http::limits::Limit;
 use crate::routes::http_service::HttpService;
+use crate::ws::driver::Timing;
 
 /// A configured route, ready for the hot path.
 #[derive(Debug)]
@@ -20,8 +21,8 @@ pub struct Route {
     pub request_channels: Vec<Arc<str>>,
     /// Legacy HTTP services, each POSTed every event.
     pub http: Vec<Arc<HttpService>>,
-    /// `max_connections`: live connections on this route, on this node.
-    pub limit: Option<Arc<Limit>>,
+    /// `max_connections` (live connections on this route, on this node), within the node's.
+    pub limit: Arc<Limit>,
     pub max_message_size: usize,
     pub rate_limit: Option<RateLimit>,
     /// Who may connect.
@@ -34,17 +35,29 @@ impl Route {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteTable {
     by_path: HashMap<String, Arc<Route>>,
     list: Vec<Arc<Route>>,
     http_count: usize,
+    /// Every route connection's timers, from `[server]`.
+    pub timing: Timing,
 }
 
 impl RouteTable {
-    /// Builds the table from validated settings.
-    pub fn new(settings: &Settings) -> Self {
-        let mut table = Self::default();
+    /// Builds the table from validated settings; each route's limit sits under `node_limit`.
+    pub fn new(settings: &Settings, node_limit: &Arc<Limit>) -> Self {
+        let server = &settings.server;
+        let mut table = Self {
+            by_path: HashMap::new(),
+            list: Vec::new(),
+            http_count: 0,
+            timing: Timing {
+                write_timeout: server.write_timeout,
+                idle_timeout: server.idle_timeout,
+                ping_interval: Some(server.ping_interval),
+            },
+        };
         for (index, (path, route)) in settings.routes.iter().enumerate() {
             let mut channels = BTreeSet::new();
             let mut http = Vec::new();
@@ -66,7 +79,10 @@ impl RouteTable {
                 services: route.services.keys().cloned().collect(),
                 request_channels: channels.into_iter().map(Arc::from).collect(),
                 http,
-                limit: route.max_connections.map(Limit::new),
+                limit: Limit::under(
+                    Some(node_limit.clone()),
+                    route.max_connections.unwrap_or(usize::MAX),
+                ),
                 max_message_size: route
                     .max_message_size
                     .unwrap_or(settings.server.max_message_size),
@@ -124,7 +140,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let t = RouteTable::new(&s);
+        let t = RouteTable::new(&s, &Limit::new(10));
         let r = t.get("/quotes").unwrap();
         assert_eq!(r.request_channels.len(), 2);
         assert!(r.has_service("chartservice") && !r.has_service("nope"));

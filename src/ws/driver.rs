@@ -73,18 +73,18 @@ pub struct Timing {
 
 /// Runs one connection until it ends; returns why it ended. `control` is the connection's
 /// queue and kill switch; the caller closes it afterwards.
+///
+/// Every open connection holds this future, so what it keeps is kept small: the timing by
+/// reference, one timer for idleness and pings, a deadline timer only when there is a deadline.
 pub async fn drive<S: Socket, H: Handler>(
     ws: &mut S,
     control: &Control,
     shutdown: &CancellationToken,
-    timing: Timing,
+    timing: &Timing,
     handler: &mut H,
 ) -> CloseReason {
-    let Timing {
-        write_timeout,
-        idle_timeout,
-        ping_interval,
-    } = timing;
+    let (write_timeout, idle_timeout) = (timing.write_timeout, timing.idle_timeout);
+    let ping_interval = timing.ping_interval;
     let mut last_seen = Instant::now();
     let mut next_ping = ping_interval.map(|every| last_seen + every);
     // Made once and polled on every turn: making them anew each turn would register and
@@ -95,7 +95,7 @@ pub async fn drive<S: Socket, H: Handler>(
     let mut ready = pin!(control.ready());
     let mut timer = pin!(sleep_until(wake_at(last_seen, idle_timeout, next_ping)));
     // Only connections with a deadline carry its timer, in a box of its own.
-    let mut deadline: Option<(Instant, Pin<Box<Sleep>>)> = None;
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
     loop {
         if let Some(first) = control.pop() {
             let written = tokio::select! {
@@ -171,22 +171,19 @@ fn wake_at(last_seen: Instant, idle: Duration, next_ping: Option<Instant>) -> In
 }
 
 /// Makes `timer` sleep until `want`, creating, moving or dropping it as needed.
-fn follow(timer: &mut Option<(Instant, Pin<Box<Sleep>>)>, want: Option<Instant>) {
+fn follow(timer: &mut Option<Pin<Box<Sleep>>>, want: Option<Instant>) {
     match (timer.as_mut(), want) {
-        (Some((at, _)), Some(w)) if *at == w => {}
-        (Some((at, sleep)), Some(w)) => {
-            *at = w;
-            sleep.as_mut().reset(w);
-        }
-        (None, Some(w)) => *timer = Some((w, Box::pin(sleep_until(w)))),
+        (Some(sleep), Some(w)) if sleep.deadline() == w => {}
+        (Some(sleep), Some(w)) => sleep.as_mut().reset(w),
+        (None, Some(w)) => *timer = Some(Box::pin(sleep_until(w))),
         (_, None) => *timer = None,
     }
 }
 
 /// Sleeps until the timer fires, or forever when there is none.
-async fn until(timer: &mut Option<(Instant, Pin<Box<Sleep>>)>) {
+async fn until(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
-        Some((_, sleep)) => sleep.await,
+        Some(sleep) => sleep.await,
         None => std::future::pending().await,
     }
 }
@@ -421,7 +418,7 @@ mod tests {
             deadline,
         };
         let (c, s) = (control.clone(), shutdown.clone());
-        let task = tokio::spawn(async move { drive(&mut ws, &c, &s, timing, &mut echo).await });
+        let task = tokio::spawn(async move { drive(&mut ws, &c, &s, &timing, &mut echo).await });
         (client, control, shutdown, task)
     }
 
