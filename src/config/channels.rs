@@ -73,7 +73,7 @@ section! {
 }
 
 section! {
-    /// `[channels.token_endpoint]`: Tangram's `POST /token`, authenticated.
+    /// `[channels.token_endpoint]`: `POST /token` mints join tokens, behind an API key.
     pub struct TokenEndpointSettings {
         pub path: String = "/token".into(),
         /// Environment variable with the API key callers must send as `Authorization: Bearer`.
