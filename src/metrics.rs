@@ -249,6 +249,7 @@ impl ChannelMetrics {
     fn new(r: &mut Registry) -> Self {
         register! { r:
             sockets = "refract_channels_sockets", "Open Channels sockets";
+            sockets_total = "refract_channels_sockets_accepted", "Channels sockets accepted";
             joined = "refract_channels_joined", "Topic memberships of open sockets";
             joins = "refract_channels_joins", "phx_join requests, by result";
             publishes = "refract_channels_publishes", "Publishes to Redis from Channels";
@@ -263,7 +264,7 @@ impl ChannelMetrics {
         }
         Self {
             sockets,
-            sockets_total: Counter::default(),
+            sockets_total,
             joined,
             joins: each(&joins, JoinResult::ALL, |e| e),
             publishes,

@@ -357,6 +357,11 @@ async fn socket_level_checks_happen_before_the_upgrade() {
         next_ref: 0,
     };
     s.join_ok("room", "").await;
+    // Only the socket that was let in counts as accepted.
+    assert_eq!(
+        gw.metric("refract_channels_sockets_accepted_total ").await,
+        1
+    );
     gw.stop().await;
 }
 

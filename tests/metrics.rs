@@ -151,6 +151,8 @@ fn gateways_do_not_share_counters() {
 /// text with a `.`.)
 const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_channels_sockets gauge
+# HELP refract_channels_sockets_accepted_total Channels sockets accepted.
+# TYPE refract_channels_sockets_accepted_total counter
 # HELP refract_channels_joined Topic memberships of open sockets.
 # TYPE refract_channels_joined gauge
 # HELP refract_channels_joins_total phx_join requests, by result.
@@ -256,6 +258,7 @@ refract_channels_presence_swept_total
 refract_channels_publishes_lost_total
 refract_channels_publishes_total
 refract_channels_sockets
+refract_channels_sockets_accepted_total
 refract_connections_accepted_total{route="/chat"}
 refract_connections_accepted_total{route="/quotes"}
 refract_connections_closed_total{route="/chat",reason="client_closed"}

@@ -463,7 +463,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_client_is_pinged_then_closed_as_idle() {
         let timing = Timing {
-            idle_timeout: Duration::from_millis(400),
+            idle_timeout: Duration::from_millis(1500),
             ping_interval: Some(Duration::from_millis(50)),
             ..TIMING
         };
