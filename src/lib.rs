@@ -117,9 +117,7 @@ impl Gateway {
             tracing::warn!("not ready: data plane through Redis is not working");
         }
     }
-}
 
-impl Gateway {
     /// The node's shared state, from validated settings. Nothing connects yet; the publisher's
     /// shards start on `workers`. With Channels, the receiver is the bridge's command queue.
     pub fn new(
