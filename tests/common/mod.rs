@@ -5,6 +5,7 @@
 pub mod example;
 pub mod http_server;
 pub mod phx;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
