@@ -312,11 +312,14 @@ impl Sentinels {
         let dir = tempfile::tempdir().unwrap();
         let mut taken = HashSet::new();
         let mut children = BTreeMap::new();
+        let data_dir = dir.path().display().to_string();
         let base = |port: u16| -> Vec<String> {
             let mut a: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
                 .map(String::from)
                 .to_vec();
             a.extend(["--port".into(), port.to_string()]);
+            // A replica's full sync writes dump.rdb to its dir: keep it out of the checkout.
+            a.extend(["--dir".into(), data_dir.clone()]);
             a
         };
 
