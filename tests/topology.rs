@@ -161,7 +161,7 @@ async fn sentinel_failover_promotes_the_replica_and_demotes_the_master() {
 
     // The old master is reconfigured as a replica of the new one, and refuses writes. Sentinel
     // takes its time here: it demotes a node that still says master only 8 s after adding it as
-    // a replica, on its next INFO (every 10 s): 10-18 s after the switch, ~15 s measured.
+    // a replica, on its next INFO (every 10 s): 10-18 s after the switch, ~11 s measured.
     eventually_within(
         Duration::from_secs(25),
         "the old master to follow the new one",

@@ -320,6 +320,8 @@ impl Sentinels {
             a.extend(["--port".into(), port.to_string()]);
             // A replica's full sync writes dump.rdb to its dir: keep it out of the checkout.
             a.extend(["--dir".into(), data_dir.clone()]);
+            // A full sync waits 5 s by default for more replicas to share it; don't.
+            a.extend(["--repl-diskless-sync-delay".into(), "0".into()]);
             a
         };
 
