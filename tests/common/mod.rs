@@ -24,12 +24,21 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `WAIT`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(WAIT, what, check).await
+}
+
+/// As [`eventually`], with a deadline of `within`.
+pub async fn eventually_within<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
     loop {
         if let Some(v) = check().await {
             return v;

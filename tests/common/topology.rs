@@ -11,29 +11,13 @@ use std::time::Duration;
 use redis::Value;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
+pub use super::eventually_within;
 use super::free_port;
 
 /// Forming a cluster or letting sentinels find each other takes a few seconds on a quiet
 /// machine; leave room for a loaded one (the whole suite running alongside).
 pub const TOPOLOGY_WAIT: Duration = Duration::from_secs(20);
-
-/// As [`super::eventually`], with a deadline of `within`.
-pub async fn eventually_within<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 pub fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}")
