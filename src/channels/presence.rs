@@ -103,7 +103,8 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>) {
     let p = &ch.settings.presence;
     let mut tick = tokio::time::interval(p.refresh_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen_recoveries = gw.publisher.recoveries();
+    // The node's first time ready is its start, not a recovery: nothing was joined before it.
+    let mut seen_recoveries = gw.publisher.recoveries().max(1);
     let mut admin_due = tokio::time::Instant::now();
     // Before this node takes joins: clear what a previous process with the same id left.
     loop {
@@ -131,7 +132,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>) {
             continue;
         }
         let recoveries = gw.publisher.recoveries();
-        if recoveries != seen_recoveries {
+        if recoveries > seen_recoveries {
             seen_recoveries = recoveries;
             rewrite_local(&gw, &ch).await;
         }
