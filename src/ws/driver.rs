@@ -83,17 +83,19 @@ pub async fn drive<S: Socket, H: Handler>(
     timing: &Timing,
     handler: &mut H,
 ) -> CloseReason {
-    let (write_timeout, idle_timeout) = (timing.write_timeout, timing.idle_timeout);
-    let ping_interval = timing.ping_interval;
     let mut last_seen = Instant::now();
-    let mut next_ping = ping_interval.map(|every| last_seen + every);
+    let mut next_ping = timing.ping_interval.map(|every| last_seen + every);
     // Made once and polled on every turn: making them anew each turn would register and
     // unregister a waiter each time. The one timer serves both idleness and pings; it is pushed
     // back when it fires early rather than reset on every frame.
     let mut shutdown = pin!(shutdown.cancelled());
     let mut killed = pin!(control.killed());
     let mut ready = pin!(control.ready());
-    let mut timer = pin!(sleep_until(wake_at(last_seen, idle_timeout, next_ping)));
+    let mut timer = pin!(sleep_until(wake_at(
+        last_seen,
+        timing.idle_timeout,
+        next_ping
+    )));
     // Only connections with a deadline carry its timer, in a box of its own.
     let mut deadline: Option<Pin<Box<Sleep>>> = None;
     loop {
@@ -102,7 +104,7 @@ pub async fn drive<S: Socket, H: Handler>(
                 biased;
                 // What was already written is flushed before the close frame says why.
                 why = &mut killed => return close(ws, Close::for_kill(why)).await,
-                r = tokio::time::timeout(write_timeout, write_batch(ws, control, first)) => r,
+                r = tokio::time::timeout(timing.write_timeout, write_batch(ws, control, first)) => r,
             };
             match written {
                 Ok(Ok(false)) => continue,
@@ -129,21 +131,21 @@ pub async fn drive<S: Socket, H: Handler>(
             }
             () = &mut timer => {
                 let now = Instant::now();
-                if now >= last_seen + idle_timeout {
+                if now >= last_seen + timing.idle_timeout {
                     return close(ws, Close::IDLE).await;
                 }
-                if let (Some(at), Some(every)) = (next_ping, ping_interval)
+                if let (Some(at), Some(every)) = (next_ping, timing.ping_interval)
                     && now >= at
                 {
                     next_ping = Some(now + every);
                     let ping = ws.send(Message::Ping(Bytes::new()));
-                    match tokio::time::timeout(write_timeout, ping).await {
+                    match tokio::time::timeout(timing.write_timeout, ping).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return CloseReason::ConnectionLost,
                         Err(_) => return CloseReason::WriteTimeout,
                     }
                 }
-                timer.as_mut().reset(wake_at(last_seen, idle_timeout, next_ping));
+                timer.as_mut().reset(wake_at(last_seen, timing.idle_timeout, next_ping));
             }
             frame = ws.next() => {
                 last_seen = Instant::now();
@@ -156,7 +158,7 @@ pub async fn drive<S: Socket, H: Handler>(
                     if let Some(c) = handler.on_data(data).await {
                         return close(ws, c).await;
                     }
-                } else if let Some(why) = on_control_frame(frame, ws, write_timeout).await {
+                } else if let Some(why) = on_control_frame(frame, ws, timing.write_timeout).await {
                     return why;
                 }
             }
