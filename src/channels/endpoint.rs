@@ -1,4 +1,4 @@
-//! The Channels endpoint's shared state: its settings and verifier, the hub of local
+//! The Channels endpoint's shared state: its settings (with their verifier), the hub of local
 //! memberships, and the handle on the node's Redis bridge.
 
 use std::sync::Arc;
@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::Verifier;
 use crate::channels::bridge::Cmd;
 use crate::channels::hub::Hub;
 use crate::config::ChannelsSettings;
@@ -18,7 +17,6 @@ pub struct Channels {
     pub settings: ChannelsSettings,
     /// `<endpoint>/websocket`.
     pub ws_path: String,
-    pub verifier: Verifier,
     /// The HMAC secret, for the token endpoint (absent with a public key).
     secret: Option<Vec<u8>>,
     api_key: Option<String>,
@@ -40,7 +38,6 @@ impl Channels {
         write_timeout: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Cmd>) {
         let jwt = settings.jwt();
-        let verifier = settings.verifier.clone();
         let secret = jwt.secret_bytes().ok();
         let api_key = settings
             .token_endpoint
@@ -61,7 +58,6 @@ impl Channels {
             },
             ws_path: settings.websocket_path(),
             settings,
-            verifier,
             secret,
             api_key,
             hub: Arc::new(Hub::new(metrics.clone())),

@@ -192,7 +192,7 @@ impl Socket {
             return self.refuse_join(f, PhxError::InvalidTopic);
         };
         let claims = match f.payload.str_field("token") {
-            Some(token) => self.ch.verifier.verify(&token).ok(),
+            Some(token) => self.ch.settings.verifier.verify(&token).ok(),
             None => self.credential.clone(),
         };
         let Some(claims) = claims else {

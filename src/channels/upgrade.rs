@@ -46,7 +46,8 @@ pub async fn upgrade(
     let credential = match token {
         None => None,
         Some(t) => Some(
-            ch.verifier
+            ch.settings
+                .verifier
                 .verify(&t)
                 .map_err(|_| Rejection::BadSocketToken)?,
         ),

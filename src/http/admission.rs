@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::Gateway;
-use crate::auth::{TokenError, Verifier};
+use crate::auth::TokenError;
 use crate::config::{AdmissionSettings, AuthSettings, HookSettings};
 use crate::http::upgrade::{offered_protocols, query_pairs};
 use crate::metrics::Denial;
@@ -26,8 +26,8 @@ pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 /// A route's admission rules, resolved at start-up.
 pub struct Gate {
     pub rules: AdmissionSettings,
+    /// With the verifier that validation built, used when `jwt` is set.
     pub auth: Option<AuthSettings>,
-    pub verifier: Option<Verifier>,
     hook_slots: Option<Semaphore>,
 }
 
@@ -71,10 +71,6 @@ impl Gate {
         route: &AdmissionSettings,
         auth: Option<AuthSettings>,
     ) -> Self {
-        let verifier = auth
-            .as_ref()
-            .filter(|a| a.jwt.is_some())
-            .map(|a| a.verifier.clone());
         let hook_slots = auth
             .as_ref()
             .and_then(|a| a.connect_hook.as_ref())
@@ -82,7 +78,6 @@ impl Gate {
         Self {
             rules: route.or(defaults),
             auth,
-            verifier,
             hook_slots,
         }
     }
@@ -124,9 +119,10 @@ impl Gate {
         let Some(auth) = &self.auth else {
             return Ok(identity);
         };
-        if let Some(verifier) = &self.verifier {
+        if auth.jwt.is_some() {
             let token = find_token(headers, uri, auth.token_query_param());
-            let claims = verifier
+            let claims = auth
+                .verifier
                 .verify(token.as_deref().unwrap_or(""))
                 .map_err(|e| match e {
                     TokenError::Expired => Denied::new(StatusCode::UNAUTHORIZED, Denial::Expired),
