@@ -40,21 +40,17 @@ pub async fn run(gw: Arc<Gateway>) {
             }
             Err(end) => end,
         };
-        match end {
+        let why = match end {
             End::Shutdown => return,
-            End::Lost(_) | End::CanaryMissing => {
-                gw.set_ready(Part::ResponseChannel, false);
-                let delay = backoff.next_delay();
-                let why = match end {
-                    End::Lost(e) => e.to_string(),
-                    _ => "canary did not come back through the subscription".into(),
-                };
-                tracing::warn!(error = %why, retry_in = ?delay, "response-channel subscription lost");
-                tokio::select! {
-                    _ = gw.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+            End::Lost(e) => e.to_string(),
+            End::CanaryMissing => "canary did not come back through the subscription".into(),
+        };
+        gw.set_ready(Part::ResponseChannel, false);
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %why, retry_in = ?delay, "response-channel subscription lost");
+        tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
