@@ -200,6 +200,9 @@ pub async fn run(
         listen = %listener.local_addr()?,
         "refract starting"
     );
+    if gateway.settings.redis.mode == config::RedisMode::Sentinel {
+        workers.spawn("sentinel", redis::sentinel::run(gateway.clone()));
+    }
     workers.spawn("subscriber", redis::subscriber::run(gateway.clone()));
     if let (Some(ch), Some(cmds)) = (&gateway.channels, bridge_commands) {
         let bridge = channels::bridge::run(gateway.clone(), ch.hub.clone(), cmds);

@@ -127,6 +127,13 @@ label_enums! {
         TooManyChannels => "too_many_channels",
         Unavailable => "unavailable",
     }
+    /// Why a subscription to Redis was made again.
+    Resubscribe as "reason" {
+        ConnectionLost => "connection_lost",
+        CanaryMissing => "canary_missing",
+        SlotMoved => "slot_moved",
+        MasterChanged => "master_changed",
+    }
     /// Why a Channels frame went nowhere.
     ChannelDrop as "reason" {
         BadFrame => "bad_frame",
@@ -156,6 +163,10 @@ impl From<ReplyError> for ReplyDrop {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
+}
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AddressLabels {
+    address: String,
 }
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ServiceLabels {
@@ -305,6 +316,9 @@ pub struct Metrics {
     pub canary_failures: Counter,
     pub publish_batches: Counter,
     pub ready: Gauge,
+    resubscriptions: Box<[Counter]>,
+    pub master_changes: Counter,
+    master: Family<AddressLabels, Gauge>,
 }
 
 impl Metrics {
@@ -342,6 +356,12 @@ impl Metrics {
                 "Times the response-channel subscription was (re)established";
             canary_failures = "refract_canary_failures", "Canaries that did not come back in time";
             publish_batches = "refract_publish_batches", "Pipelined publish batches sent to Redis";
+            resubscriptions = "refract_redis_resubscriptions",
+                "Subscriptions to Redis made again, by reason";
+            master_changes = "refract_redis_master_changes",
+                "Times the sentinels named a new master and the node followed";
+            master = "refract_redis_master",
+                "1 for the master this node uses (sentinel mode), by address";
         }
         let routes = route_names.into_iter().map(|route| {
             let route = RouteLabels { route };
@@ -376,7 +396,23 @@ impl Metrics {
             canary_failures,
             publish_batches,
             ready,
+            resubscriptions: each(&resubscriptions, Resubscribe::ALL, |e| e),
+            master_changes,
+            master,
         }
+    }
+
+    pub fn resubscribed(&self, reason: Resubscribe) {
+        self.resubscriptions[reason as usize].inc();
+    }
+
+    /// Shows `address` as the master in use, and no other.
+    pub fn set_master(&self, address: &str) {
+        self.master.clear();
+        let labels = AddressLabels {
+            address: address.to_string(),
+        };
+        self.master.get_or_create(&labels).set(1);
     }
 
     pub fn reply_dropped(&self, reason: ReplyDrop) {

@@ -275,6 +275,62 @@ pub fn split_channel(channel: &[u8]) -> Option<(&str, &str)> {
     (!topic.is_empty() && !event.is_empty()).then_some((topic, event))
 }
 
+/// The Redis names of a topic's traffic. Standalone (and Sentinel): services publish to
+/// `to:<topic>:<event>`, which the gateway takes with one pattern per topic, and hear clients on
+/// `from:<topic>:<event>`. Sharded pub/sub (Cluster) has no patterns, so a topic has one channel,
+/// `to:{<topic>}`, whose messages are `<event>:<payload>` (an event has no `:`); client pushes go
+/// to `from:{<topic>}:<event>`. The braces are a hash tag: all of a topic's channels, and its
+/// presence keys, live in one slot.
+pub mod names {
+    /// What the bridge subscribes to for `topic`: a pattern, or (sharded) a channel.
+    pub fn subscription(topic: &str, sharded: bool) -> String {
+        if sharded {
+            format!("to:{{{topic}}}")
+        } else {
+            format!("to:{topic}:*")
+        }
+    }
+
+    /// The channel and message that deliver `event` with `payload` to `topic`'s members.
+    pub fn to(topic: &str, event: &str, payload: &[u8], sharded: bool) -> (String, Vec<u8>) {
+        if sharded {
+            let mut message = Vec::with_capacity(event.len() + 1 + payload.len());
+            message.extend_from_slice(event.as_bytes());
+            message.push(b':');
+            message.extend_from_slice(payload);
+            (subscription(topic, true), message)
+        } else {
+            (format!("to:{topic}:{event}"), payload.to_vec())
+        }
+    }
+
+    /// Where a client's push of `event` on `topic` goes.
+    pub fn from(topic: &str, event: &str, sharded: bool) -> String {
+        if sharded {
+            format!("from:{{{topic}}}:{event}")
+        } else {
+            format!("from:{topic}:{event}")
+        }
+    }
+
+    /// A message heard on `channel`, as (topic, event, payload).
+    pub fn split<'a>(
+        channel: &'a str,
+        message: &'a [u8],
+        sharded: bool,
+    ) -> Option<(&'a str, &'a str, &'a [u8])> {
+        if !sharded {
+            let (topic, event) = super::split_channel(channel.as_bytes())?;
+            return Some((topic, event, message));
+        }
+        let topic = channel.strip_prefix("to:{")?.strip_suffix('}')?;
+        let colon = message.iter().position(|&b| b == b':')?;
+        let event = std::str::from_utf8(&message[..colon]).ok()?;
+        let ok = !topic.is_empty() && !event.is_empty();
+        ok.then_some((topic, event, &message[colon + 1..]))
+    }
+}
+
 /// Whether published bytes are JSON (sent as a text frame, inserted unwrapped) or not (sent as a
 /// binary push).
 pub fn is_json(bytes: &[u8]) -> bool {
@@ -400,6 +456,35 @@ mod tests {
         assert_eq!(split_channel(b"to:nocolon"), None);
         assert_eq!(split_channel(b"from:a:b"), None);
         assert_eq!(split_channel(b"to::e"), None);
+    }
+
+    #[test]
+    fn sharded_names_keep_a_topic_in_one_slot_and_the_event_in_the_message() {
+        assert_eq!(names::subscription("room:1", false), "to:room:1:*");
+        assert_eq!(names::subscription("room:1", true), "to:{room:1}");
+        let (channel, message) = names::to("room:1", "msg", b"{}", true);
+        assert_eq!(
+            (channel.as_str(), message.as_slice()),
+            ("to:{room:1}", &b"msg:{}"[..])
+        );
+        let plain = names::to("room:1", "msg", b"{}", false);
+        assert_eq!(
+            (plain.0.as_str(), plain.1.as_slice()),
+            ("to:room:1:msg", &b"{}"[..])
+        );
+        assert_eq!(names::from("room:1", "shout", true), "from:{room:1}:shout");
+        assert_eq!(names::from("room:1", "shout", false), "from:room:1:shout");
+        assert_eq!(
+            names::split("to:{room:1}", b"msg:{\"a\":1}", true),
+            Some(("room:1", "msg", &b"{\"a\":1}"[..]))
+        );
+        assert_eq!(
+            names::split("to:room:1:msg", b"x", false),
+            Some(("room:1", "msg", &b"x"[..]))
+        );
+        assert_eq!(names::split("to:{room:1}", b"no-event", true), None);
+        assert_eq!(names::split("to:{room:1}", b":x", true), None);
+        assert_eq!(names::split("to:room:1", b"msg:x", true), None);
     }
 
     #[test]

@@ -68,7 +68,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "[redis]\nurls = \"redis://x\"\n",
-        ": redis: unknown field `urls`, expected one of `url`, `response_channel`, `publishers`, `publish_queue`, `canary_interval`, `canary_timeout`, `command_timeout`, `max_reply_size`",
+        ": redis: unknown field `urls`, expected one of `mode`, `url`, `nodes`, `sentinels`, `master_name`, `username`, `password`, `response_channel`, `publishers`, `publish_queue`, `canary_interval`, `canary_timeout`, `command_timeout`, `max_reply_size`",
     ),
     (
         with_route!("[routes.\"/q\"]\nmax_conections = 3\n"),
@@ -262,6 +262,46 @@ const CASES: &[(&str, &str)] = &[
     (
         "[redis]\nurl = \"redis://x:port\"\n",
         ": redis.url: is not a valid Redis URL (Redis URL did not parse - InvalidClientConfig)",
+    ),
+    (
+        "[redis]\nmode = \"primary\"\n",
+        ": redis.mode: enum RedisMode does not have variant constructor primary",
+    ),
+    (
+        "[redis]\nmode = \"cluster\"\n",
+        ": redis.nodes: is required when mode = \"cluster\"",
+    ),
+    (
+        "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\", \"http://b\"]\n",
+        ": redis.nodes[1]: must start with redis:// or unix://",
+    ),
+    (
+        "[redis]\nmode = \"sentinel\"\nmaster_name = \"m\"\n",
+        ": redis.sentinels: is required when mode = \"sentinel\"",
+    ),
+    (
+        "[redis]\nmode = \"sentinel\"\nsentinels = [\"redis://a:26379\"]\n",
+        ": redis.master_name: is required when mode = \"sentinel\"",
+    ),
+    (
+        "[redis]\nmode = \"sentinel\"\nsentinels = [\"redis://a:1\"]\nmaster_name = \"\"\n",
+        ": redis.master_name: is required when mode = \"sentinel\"",
+    ),
+    (
+        "[redis]\nnodes = [\"redis://a:1\"]\n",
+        ": redis.nodes: applies to mode = \"cluster\" only",
+    ),
+    (
+        "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\nmaster_name = \"m\"\n",
+        ": redis.master_name: applies to mode = \"sentinel\" only",
+    ),
+    (
+        "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\n[channels]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n",
+        ": channels.presence.enabled: is not supported with redis.mode = \"cluster\" yet",
+    ),
+    (
+        "[redis]\npassword = \"p\"\n",
+        ": redis.password: applies to mode = \"sentinel\" only",
     ),
     (
         "[redis]\nresponse_channel = \"a*\"\n",

@@ -207,6 +207,10 @@ const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_canary_failures_total counter
 # HELP refract_publish_batches_total Pipelined publish batches sent to Redis.
 # TYPE refract_publish_batches_total counter
+# HELP refract_redis_resubscriptions_total Subscriptions to Redis made again, by reason.
+# TYPE refract_redis_resubscriptions_total counter
+# HELP refract_redis_master_changes_total Times the sentinels named a new master and the node followed.
+# TYPE refract_redis_master_changes_total counter
 "#;
 
 /// Every series of the rendering, sorted.
@@ -323,6 +327,11 @@ refract_notconnected_lost_total
 refract_notconnected_sent_total
 refract_publish_batches_total
 refract_ready
+refract_redis_master_changes_total
+refract_redis_resubscriptions_total{reason="canary_missing"}
+refract_redis_resubscriptions_total{reason="connection_lost"}
+refract_redis_resubscriptions_total{reason="master_changed"}
+refract_redis_resubscriptions_total{reason="slot_moved"}
 refract_redis_subscriber_connects_total
 refract_replies_dropped_total{reason="invalid_base64"}
 refract_replies_dropped_total{reason="invalid_close_code"}

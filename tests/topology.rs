@@ -4,9 +4,12 @@
 
 mod common;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::topology::*;
+use futures_util::StreamExt;
 
 /// `err` is `MOVED <slot> 127.0.0.1:<owner>`.
 fn assert_moved(err: &redis::RedisError, slot: u16, owner: u16) {
@@ -184,4 +187,305 @@ async fn sentinel_failover_promotes_the_replica_and_demotes_the_master() {
         .expect_err("a replica refuses writes");
     assert_eq!(err.code(), Some("READONLY"), "{err}");
     eprintln!("sentinel test done in {:?}", t.elapsed());
+}
+
+const STREAM_ROUTE: &str = r#"
+[routes."/stream".services.counter]
+type = "redis"
+request_channel = "input"
+"#;
+const LOST_REDIS: &str =
+    "refract_events_lost_total{route=\"/stream\",reason=\"redis_unavailable\"}";
+const LOST_UNHEARD: &str = "refract_events_lost_total{route=\"/stream\",reason=\"no_subscriber\"}";
+const LOST_SHUTDOWN: &str = "refract_events_lost_total{route=\"/stream\",reason=\"shutdown\"}";
+
+/// The numbers of the `message` events heard on `input` on `port`, kept in `heard`; reconnects
+/// until the task is aborted (a subscriber on a replica hears the master's publishes too).
+fn listen(port: u16, heard: Arc<Mutex<HashSet<u64>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let subscribed = async {
+                let client = redis::Client::open(url(port)).ok()?;
+                let mut pubsub = client.get_async_pubsub().await.ok()?;
+                pubsub.subscribe("input").await.ok()?;
+                Some(pubsub)
+            };
+            if let Ok(Some(mut pubsub)) =
+                tokio::time::timeout(Duration::from_secs(2), subscribed).await
+            {
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let event: serde_json::Value =
+                        serde_json::from_slice(msg.get_payload_bytes()).unwrap();
+                    if event["type"] == "message" {
+                        let n = event["message"].as_str().unwrap().parse().unwrap();
+                        heard.lock().unwrap().insert(n);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// Sends a numbered stream through a gateway in sentinel mode while `fault` happens to the
+/// master; then every number is delivered or counted as lost, the node is ready again by
+/// itself, it follows the new master, and a message after the fault is delivered.
+async fn stream_through_a_failover(kill: bool) {
+    const SENT: u64 = 150;
+    let mut sentinels = Sentinels::start().await;
+    let list: Vec<String> = sentinels
+        .sentinel_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let keys = format!(
+        "mode = \"sentinel\"\nsentinels = [{}]\nmaster_name = \"{SENTINEL_MASTER}\"",
+        list.join(", ")
+    );
+    let gw = common::Gateway::start_with_redis(&keys, STREAM_ROUTE, "").await;
+    gw.wait_ready().await;
+    let old = sentinels.master_port().await;
+    let new = sentinels.other(old);
+    let old_master = format!("refract_redis_master{{address=\"127.0.0.1:{old}\"}}");
+    assert_eq!(gw.metric(&old_master).await, 1);
+
+    let heard = Arc::new(Mutex::new(HashSet::new()));
+    let listeners = [listen(old, heard.clone()), listen(new, heard.clone())];
+    for port in [old, new] {
+        eventually_within(
+            Duration::from_secs(10),
+            "the listeners to subscribe",
+            || async move {
+                let (_, n): (String, i64) =
+                    query(port, redis::cmd("PUBSUB").arg("NUMSUB").arg("input")).await?;
+                (n >= 1).then_some(())
+            },
+        )
+        .await;
+    }
+    let mut client = gw.ws("/stream").await;
+    let mut fault_at = None;
+    for n in 0..SENT {
+        if n == SENT / 3 {
+            fault_at = Some(Instant::now());
+            if kill {
+                sentinels.kill_master().await;
+            } else {
+                // The stream goes on while the sentinels switch.
+                assert_eq!(sentinels.start_failover().await, new);
+            }
+        }
+        client.send(&n.to_string()).await;
+        // A stream over time, not a burst: the fault lands in the middle of it.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    sentinels.wait_master(new).await;
+    gw.wait_ready().await;
+    let ready_after = fault_at.unwrap().elapsed();
+
+    let (delivered, lost) = eventually_within(
+        Duration::from_secs(20),
+        "every number delivered or counted as lost",
+        || async {
+            let delivered = heard.lock().unwrap().len() as u64;
+            let lost = gw.metric(LOST_REDIS).await
+                + gw.metric(LOST_UNHEARD).await
+                + gw.metric(LOST_SHUTDOWN).await;
+            (delivered + lost == SENT).then_some((delivered, lost))
+        },
+    )
+    .await;
+    eprintln!(
+        "{} failover: sent {SENT}, delivered {delivered}, counted lost {lost}, \
+         ready again at most {ready_after:?} after the fault (measured once sending ended)",
+        if kill { "SIGKILL" } else { "SENTINEL" }
+    );
+    assert!(
+        delivered > SENT / 3,
+        "the stream went on after the failover"
+    );
+    assert_eq!(gw.metric("refract_redis_master_changes_total").await, 1);
+    let new_master = format!("refract_redis_master{{address=\"127.0.0.1:{new}\"}}");
+    assert_eq!(gw.metric(&new_master).await, 1);
+    assert!(!gw.get("/metrics").await.1.contains(&old_master));
+
+    // After the failover, the stream reaches the new master.
+    client.send(&SENT.to_string()).await;
+    eventually_within(
+        Duration::from_secs(10),
+        "a message after the failover",
+        || async { heard.lock().unwrap().contains(&SENT).then_some(()) },
+    )
+    .await;
+    for l in listeners {
+        l.abort();
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_numbered_stream_survives_a_sentinel_failover() {
+    stream_through_a_failover(false).await;
+}
+
+#[tokio::test]
+async fn a_numbered_stream_survives_the_master_being_killed() {
+    stream_through_a_failover(true).await;
+}
+
+/// `nodes = [...]` for a gateway in cluster mode.
+fn cluster_keys(cluster: &Cluster) -> String {
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    format!("mode = \"cluster\"\nnodes = [{}]", seeds.join(", "))
+}
+
+/// Node ids whose response channels are owned by `n` different shards.
+async fn ids_on_different_shards(cluster: &Cluster, n: usize) -> Vec<String> {
+    let mut owners = HashSet::new();
+    let mut ids = Vec::new();
+    for i in 0.. {
+        let id = format!("shard-{i}");
+        if owners.insert(cluster.owner_of(&format!("refract.responses.{id}")).await) {
+            ids.push(id);
+        }
+        if ids.len() == n {
+            return ids;
+        }
+    }
+    unreachable!()
+}
+
+/// The next `message` event on a sharded subscription.
+async fn next_message_event(sub: &mut RawSubscriber) -> serde_json::Value {
+    loop {
+        let push = sub.next().await;
+        if push[0] == "smessage" {
+            let event: serde_json::Value = serde_json::from_str(&push[2]).unwrap();
+            if event["type"] == "message" {
+                return event;
+            }
+        }
+    }
+}
+
+/// Prism through a 3-master cluster: two gateway nodes whose response channels live on different
+/// shards each carry a round trip over sharded pub/sub, and a reply sent with plain PUBLISH does
+/// not arrive (services must SPUBLISH).
+#[tokio::test]
+async fn prism_round_trips_through_the_cluster_from_nodes_on_different_shards() {
+    let cluster = Cluster::start(3).await;
+    let keys = cluster_keys(&cluster);
+    let ids = ids_on_different_shards(&cluster, 2).await;
+    let input_owner = cluster.owner_of("input").await;
+    let mut service = RawSubscriber::connect(input_owner);
+    service.ssubscribe("input").await;
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let gw = common::Gateway::start_node(id, &keys, STREAM_ROUTE, "").await;
+        gw.wait_ready().await;
+        let client = gw.ws("/stream").await;
+        nodes.push((id, gw, client));
+    }
+    for (id, _, client) in &mut nodes {
+        client.send(&format!("hello from {id}")).await;
+        let event = next_message_event(&mut service).await;
+        assert_eq!(event["message"], format!("hello from {id}"));
+        let channel = event["responseChannel"].as_str().unwrap().to_string();
+        assert_eq!(channel, format!("refract.responses.{id}"));
+        let owner = cluster.owner_of(&channel).await;
+        let conn_id = event["id"].as_str().unwrap();
+        let unsharded = common::reply(conn_id, "counter", "published");
+        let heard: i64 = query(owner, redis::cmd("PUBLISH").arg(&channel).arg(unsharded))
+            .await
+            .unwrap();
+        assert_eq!(
+            heard, 0,
+            "a plain PUBLISH does not reach a sharded subscriber"
+        );
+        let answer = common::reply(conn_id, "counter", &format!("hi {id}"));
+        let heard: i64 = query(owner, redis::cmd("SPUBLISH").arg(&channel).arg(answer))
+            .await
+            .unwrap();
+        assert_eq!(heard, 1);
+        assert_eq!(client.recv_text().await, format!("hi {id}"));
+    }
+    for (_, gw, _) in nodes {
+        gw.stop().await;
+    }
+}
+
+/// In cluster mode, a response-channel subscription killed on its shard (`CLIENT KILL` of the
+/// pub/sub connection only) is noticed: the node subscribes again from a fresh connection, is
+/// ready again by itself, and replies reach the client.
+#[tokio::test]
+async fn a_killed_sharded_subscription_is_noticed_and_made_again() {
+    let cluster = Cluster::start(3).await;
+    let gw = common::Gateway::start_with_redis(&cluster_keys(&cluster), STREAM_ROUTE, "").await;
+    gw.wait_ready().await;
+    let connects = "refract_redis_subscriber_connects_total";
+    assert_eq!(gw.metric(connects).await, 1);
+    let channel = gw.response_channel();
+    let owner = cluster.owner_of(&channel).await;
+    let killed: i64 = query(
+        owner,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    )
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the node's subscription was on {owner}");
+    eventually_within(
+        Duration::from_secs(15),
+        "the node to subscribe again",
+        || async { (gw.metric(connects).await >= 2).then_some(()) },
+    )
+    .await;
+    gw.wait_ready().await;
+
+    sharded_round_trip(&cluster, &gw, owner, "still here").await;
+    gw.stop().await;
+}
+
+/// A slot migration of the node's response channel: the cluster unsubscribes it, the node
+/// counts a `slot_moved` resubscription, is ready again through the new owner, and replies
+/// published there reach the client.
+#[tokio::test]
+async fn a_response_channel_whose_slot_moves_is_followed_to_the_new_owner() {
+    let cluster = Cluster::start(3).await;
+    let gw = common::Gateway::start_with_redis(&cluster_keys(&cluster), STREAM_ROUTE, "").await;
+    gw.wait_ready().await;
+    let channel = gw.response_channel();
+    let before = cluster.owner_of(&channel).await;
+    let after = cluster.non_owner_of(&channel).await;
+    cluster.move_slot_of(&channel, after).await;
+    assert_eq!(cluster.owner_of(&channel).await, after);
+    let moved = "refract_redis_resubscriptions_total{reason=\"slot_moved\"}";
+    eventually_within(
+        Duration::from_secs(15),
+        "the node to follow the slot",
+        || async { (gw.metric(moved).await >= 1).then_some(()) },
+    )
+    .await;
+    gw.wait_ready().await;
+
+    assert_ne!(before, after);
+    sharded_round_trip(&cluster, &gw, after, "moved with it").await;
+    gw.stop().await;
+}
+
+/// A message from a new client on `gw`'s `/stream`, heard by a service over SSUBSCRIBE, answered
+/// with SPUBLISH on `owner` (which must hold the node's subscription), and the answer received.
+async fn sharded_round_trip(cluster: &Cluster, gw: &common::Gateway, owner: u16, text: &str) {
+    let mut service = RawSubscriber::connect(cluster.owner_of("input").await);
+    service.ssubscribe("input").await;
+    let mut client = gw.ws("/stream").await;
+    client.send(&format!("before {text}")).await;
+    let event = next_message_event(&mut service).await;
+    let answer = common::reply(event["id"].as_str().unwrap(), "counter", text);
+    let channel = gw.response_channel();
+    let heard: i64 = query(owner, redis::cmd("SPUBLISH").arg(&channel).arg(answer))
+        .await
+        .unwrap();
+    assert_eq!(heard, 1, "the node's subscription is on {owner}");
+    assert_eq!(client.recv_text().await, text);
 }

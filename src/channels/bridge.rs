@@ -1,17 +1,17 @@
-//! The node's one pub/sub connection for Channels: `PSUBSCRIBE to:<topic>:*` for every topic
-//! with a local member, messages handed to the hub, and everything re-subscribed after a
-//! reconnect.
+//! The node's one pub/sub connection for Channels: for every topic with a local member,
+//! `PSUBSCRIBE to:<topic>:*` (or, in a cluster, `SSUBSCRIBE to:{<topic>}`: [`phoenix::names`]),
+//! messages handed to the hub, and everything re-subscribed after a reconnect or a slot move.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Gateway;
 use crate::backoff::Backoff;
 use crate::channels::hub::Hub;
-use crate::phoenix::{self, Topic};
+use crate::phoenix::{Topic, names};
+use crate::redis::pubsub::{Push, SubSink};
 
 pub enum Cmd {
     /// Subscribe to a topic; told whether Redis confirmed it.
@@ -19,18 +19,36 @@ pub enum Cmd {
     Unsubscribe(Topic),
 }
 
-fn pattern(topic: &Topic) -> String {
-    format!("to:{topic}:*")
+/// Subscribes to a topic's messages: a pattern, or (sharded) the topic's one channel.
+async fn subscribe(sink: &mut SubSink, topic: &str, sharded: bool) -> bool {
+    let name = names::subscription(topic, sharded);
+    let done = if sharded {
+        sink.subscribe(&name).await
+    } else {
+        sink.psubscribe(&name).await
+    };
+    done.is_ok()
+}
+
+async fn unsubscribe(sink: &mut SubSink, topic: &str, sharded: bool) -> bool {
+    let name = names::subscription(topic, sharded);
+    let done = if sharded {
+        sink.unsubscribe(&name).await
+    } else {
+        sink.punsubscribe(&name).await
+    };
+    done.is_ok()
 }
 
 pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let sharded = gw.redis.sharded();
     loop {
         let connected = tokio::select! {
             _ = gw.shutdown.cancelled() => return,
-            c = gw.redis.pubsub() => c,
+            c = gw.redis.subscription() => c,
         };
-        let pubsub = match connected {
+        let (mut sink, mut stream) = match connected {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "Channels bridge cannot connect to Redis");
@@ -40,10 +58,9 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedRecei
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
         let mut healthy = true;
         for topic in hub.topics() {
-            if sink.psubscribe(pattern(&topic)).await.is_err() {
+            if !subscribe(&mut sink, topic.as_str(), sharded).await {
                 healthy = false;
                 break;
             }
@@ -58,21 +75,30 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedRecei
                 cmd = cmds.recv() => match cmd {
                     None => return,
                     Some(Cmd::Subscribe(topic, done)) => {
-                        let ok = sink.psubscribe(pattern(&topic)).await.is_ok();
+                        let ok = subscribe(&mut sink, topic.as_str(), sharded).await;
                         let _ = done.send(ok);
                         healthy = ok;
                     }
                     // Only if nobody joined again meanwhile.
-                    Some(Cmd::Unsubscribe(topic)) if !hub.has_topic(&topic) => {
-                        healthy = sink.punsubscribe(pattern(&topic)).await.is_ok();
+                    Some(Cmd::Unsubscribe(topic)) if !hub.has_topic(topic.as_str()) => {
+                        healthy = unsubscribe(&mut sink, topic.as_str(), sharded).await;
                     }
                     Some(Cmd::Unsubscribe(_)) => {}
                 },
-                msg = stream.next() => match msg {
-                    None => healthy = false,
-                    Some(msg) => {
-                        if let Some((topic, event)) = phoenix::split_channel(msg.get_channel_name().as_bytes()) {
-                            hub.deliver(topic, event, msg.get_payload_bytes());
+                heard = stream.next() => match heard {
+                    Err(_) => healthy = false,
+                    Ok(Push::Message(msg)) => {
+                        let (channel, message) = (msg.get_channel_name(), msg.get_payload_bytes());
+                        if let Some((topic, event, payload)) = names::split(channel, message, sharded) {
+                            hub.deliver(topic, event, payload);
+                        }
+                    }
+                    // A topic's slot moved: subscribe again if it still has members here.
+                    Ok(Push::Unsubscribed(channel)) => {
+                        let topic = channel.strip_prefix("to:{").and_then(|t| t.strip_suffix('}'));
+                        if let Some(topic) = topic.filter(|t| hub.has_topic(t)) {
+                            gw.metrics.resubscribed(crate::metrics::Resubscribe::SlotMoved);
+                            healthy = subscribe(&mut sink, topic, sharded).await;
                         }
                     }
                 },

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Gateway;
+use crate::phoenix;
 use crate::redis::publisher::{Publish, Tag};
 use crate::redis::store;
 
@@ -25,7 +26,10 @@ pub async fn run(gw: Arc<Gateway>, every: Duration) {
         }
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         let payload = serde_json::json!({"datetime": now.to_string(), "counter": n});
-        let p = Publish::new("to:system:datetime", payload.to_string(), Tag::Channel);
+        let payload = payload.to_string();
+        let (channel, message) =
+            phoenix::names::to("system", "datetime", payload.as_bytes(), gw.redis.sharded());
+        let p = Publish::new(channel, message, Tag::Channel);
         gw.publisher.publish(0, p).await;
     }
 }

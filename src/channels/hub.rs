@@ -69,8 +69,8 @@ impl Hub {
         self.topics.iter().map(|e| e.key().clone()).collect()
     }
 
-    pub fn has_topic(&self, topic: &Topic) -> bool {
-        self.topics.contains_key(topic.as_str())
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.topics.contains_key(topic)
     }
 
     /// Every topic's local members, for re-writing presence after Redis recovers.

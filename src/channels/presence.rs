@@ -137,7 +137,7 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>) {
             rewrite_local(&gw, &ch).await;
         }
         sweep(&gw, false).await;
-        if ch.hub.has_topic(&admin) && tokio::time::Instant::now() >= admin_due {
+        if ch.hub.has_topic(admin.as_str()) && tokio::time::Instant::now() >= admin_due {
             admin_due = tokio::time::Instant::now() + p.admin_interval;
             if let Some(stats) = cluster_stats(&gw).await {
                 ch.hub.deliver(admin.as_str(), "stats", stats.as_bytes());

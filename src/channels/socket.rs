@@ -20,7 +20,7 @@ use crate::error::{Close, PhxError};
 use crate::http::limits::ConnectionSlot;
 use crate::ids::ConnectionId;
 use crate::metrics::{ChannelDrop, JoinResult};
-use crate::phoenix::{self, InFrame, Topic};
+use crate::phoenix::{self, InFrame, Topic, names};
 use crate::redis::publisher::{Publish, Tag};
 use crate::ws::driver::{self, Data, Handler};
 use crate::ws::queue::Control;
@@ -288,7 +288,10 @@ impl Socket {
         ));
         if added {
             let diff = presence::diff(&key, &meta, true);
-            let p = Publish::new(format!("to:{topic}:presence_diff"), diff, Tag::Channel);
+            let sharded = self.gw.redis.sharded();
+            let (channel, message) =
+                names::to(topic.as_str(), "presence_diff", diff.as_bytes(), sharded);
+            let p = Publish::new(channel, message, Tag::Channel);
             self.gw.publisher.publish(self.shard, p).await;
         }
         self.note(&topic, &key, "join").await;
@@ -301,7 +304,7 @@ impl Socket {
             self.ch.metrics().dropped(ChannelDrop::UnmatchedTopic);
             return self.refuse(f, PhxError::UnmatchedTopic);
         }
-        let channel = format!("from:{topic}:{}", f.event);
+        let channel = names::from(topic, &f.event, self.gw.redis.sharded());
         let bytes = Bytes::copy_from_slice(f.payload.bytes());
         let mut p = Publish::new(channel, bytes, Tag::Channel);
         if !self.ch.settings.ack_pushes {

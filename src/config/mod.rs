@@ -42,7 +42,7 @@ pub mod server;
 pub use channels::{
     ChannelsSettings, PresenceSettings, SystemTopicSettings, TokenEndpointSettings,
 };
-pub use redis::RedisSettings;
+pub use redis::{RedisMode, RedisSettings};
 pub use routes::{
     AdmissionSettings, AuthSettings, HTTP_DEFAULT_MAX_IN_FLIGHT, HTTP_DEFAULT_TIMEOUT,
     HookSettings, HttpService, RateLimit, RateLimitAction, RouteSettings, Service,
@@ -124,6 +124,16 @@ impl Settings {
         self.redis.validate()?;
         if let Some(ch) = &mut self.channels {
             ch.validate(&self.routes)?;
+            // Presence and the clock keep keys across slots; not yet laid out for a cluster.
+            let cluster = self.redis.mode == RedisMode::Cluster;
+            let message = "is not supported with redis.mode = \"cluster\" yet";
+            let key = "channels.presence.enabled";
+            ensure(!(cluster && ch.presence.enabled), key, message)?;
+            ensure(
+                !(cluster && ch.system.is_some()),
+                "channels.system",
+                message,
+            )?;
         }
         for (path, route) in &mut self.routes {
             route.validate(path)?;

@@ -1,12 +1,39 @@
-//! `[redis]`: where events are published and replies come back.
+//! `[redis]`: which Redis (one server, a Sentinel-watched master, or a Cluster), where events are
+//! published and where replies come back.
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::{Checked, ConfigError, check_name, ensure, nonzero, positive};
+
+/// How the gateway reaches Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server at `url`.
+    #[default]
+    Standalone,
+    /// The master the `sentinels` name for `master_name`, followed through failovers.
+    Sentinel,
+    /// A Redis Cluster found from the `nodes` seeds; events and replies use sharded pub/sub.
+    Cluster,
+}
 
 section! {
     pub struct RedisSettings {
+        pub mode: RedisMode = RedisMode::Standalone,
+        /// The server, in standalone mode.
         pub url: String = "redis://127.0.0.1:6379".into(),
+        /// Cluster seeds: any of the cluster's nodes; the rest are discovered.
+        pub nodes: Vec<String> = Vec::new(),
+        /// Sentinels watching the master, in sentinel mode.
+        pub sentinels: Vec<String> = Vec::new(),
+        /// The master's name at the sentinels.
+        pub master_name: Option<String> = None,
+        /// Credentials for the master a sentinel names (its address carries none).
+        pub username: Option<String> = None,
+        pub password: Option<String> = None,
         /// Prefix of the per-node response channel `<response_channel>.<node_id>`.
         pub response_channel: String = "refract.responses".into(),
         /// Parallel publishing connections; each carries pipelined batches, and one connection's
@@ -32,11 +59,42 @@ section! {
 
 impl RedisSettings {
     pub(super) fn validate(&self) -> Checked {
-        let scheme = self.url.starts_with("redis://") || self.url.starts_with("unix://");
-        ensure(scheme, "redis.url", "must start with redis:// or unix://")?;
-        ::redis::Client::open(self.url.as_str()).map_err(|e| {
-            ConfigError::new("redis.url", format!("is not a valid Redis URL ({e})"))
-        })?;
+        match self.mode {
+            RedisMode::Standalone => check_url("redis.url", &self.url)?,
+            RedisMode::Sentinel => {
+                let message = "is required when mode = \"sentinel\"";
+                ensure(!self.sentinels.is_empty(), "redis.sentinels", message)?;
+                check_urls("redis.sentinels", &self.sentinels)?;
+                let name = self.master_name.as_deref().unwrap_or("");
+                ensure(!name.is_empty(), "redis.master_name", message)?;
+            }
+            RedisMode::Cluster => {
+                let message = "is required when mode = \"cluster\"";
+                ensure(!self.nodes.is_empty(), "redis.nodes", message)?;
+                check_urls("redis.nodes", &self.nodes)?;
+            }
+        }
+        let only = |key: &str, set: bool, mode: &str| {
+            let message = format!("applies to mode = \"{mode}\" only");
+            ensure(!set, format!("redis.{key}"), message)
+        };
+        let (sentinel, cluster) = (
+            self.mode == RedisMode::Sentinel,
+            self.mode == RedisMode::Cluster,
+        );
+        only("nodes", !cluster && !self.nodes.is_empty(), "cluster")?;
+        only(
+            "sentinels",
+            !sentinel && !self.sentinels.is_empty(),
+            "sentinel",
+        )?;
+        only(
+            "master_name",
+            !sentinel && self.master_name.is_some(),
+            "sentinel",
+        )?;
+        only("username", !sentinel && self.username.is_some(), "sentinel")?;
+        only("password", !sentinel && self.password.is_some(), "sentinel")?;
         check_name("redis.response_channel", &self.response_channel, 200)?;
         positive("redis.publishers", self.publishers)?;
         positive("redis.publish_queue", self.publish_queue)?;
@@ -45,4 +103,17 @@ impl RedisSettings {
         nonzero("redis.canary_timeout", self.canary_timeout)?;
         nonzero("redis.command_timeout", self.command_timeout)
     }
+}
+
+fn check_urls(key: &str, urls: &[String]) -> Checked {
+    let each = |(i, url): (usize, &String)| check_url(&format!("{key}[{i}]"), url);
+    urls.iter().enumerate().try_for_each(each)
+}
+
+fn check_url(key: &str, url: &str) -> Checked {
+    let scheme = url.starts_with("redis://") || url.starts_with("unix://");
+    ensure(scheme, key, "must start with redis:// or unix://")?;
+    ::redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| ConfigError::new(key, format!("is not a valid Redis URL ({e})")))
 }

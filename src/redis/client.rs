@@ -1,52 +1,108 @@
-//! The node's Redis handle: one client for pub/sub connections, one pool for commands, every
-//! command bounded by `redis.command_timeout`, and one typed error for all of it.
+//! The node's Redis handle, whichever way Redis is reached (`redis.mode`): one server, the
+//! master that Sentinel names, or a Cluster. Every command is bounded by
+//! `redis.command_timeout`, and one typed error covers all of it.
+//!
+//! - standalone: a client for pub/sub connections and a pool for commands, both to `url`;
+//! - sentinel: the same pair, for the current master; the sentinel worker replaces it
+//!   when the sentinels name another, and everything made for the old one (a pooled publishing
+//!   connection, a subscription) notices and is made again, so nothing keeps writing to a demoted
+//!   master;
+//! - cluster: one multiplexed cluster connection for commands (it follows `MOVED` and topology
+//!   changes itself) and, per subscription, a RESP3 cluster connection whose pushes carry the
+//!   sharded messages.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_redis::{Pool, Runtime};
 use redis::FromRedisValue;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use tokio::sync::{OnceCell, watch};
 
-use crate::config::RedisSettings;
+use crate::config::{RedisMode, RedisSettings};
+pub use crate::redis::error::RedisError;
+use crate::redis::pubsub::{SubSink, SubStream};
 
-/// Why a Redis operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisError {
-    #[error("{0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("{0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    #[error("cannot create the connection pool: {0}")]
-    CreatePool(#[from] deadpool_redis::CreatePoolError),
-    #[error("timed out {0}")]
-    Timeout(&'static str),
-    #[error("the connection closed")]
-    Closed,
+/// One Redis server: a client for pub/sub connections and a pool for commands.
+pub struct Server {
+    client: redis::Client,
+    pool: Pool,
+    /// `host:port`, for logs and the `refract_redis_master` metric.
+    pub addr: String,
 }
 
-impl RedisError {
-    /// The connection broke before the command went out: a retry on a fresh one is safe.
-    pub fn is_dropped(&self) -> bool {
-        matches!(self, Self::Redis(e) if e.is_connection_dropped() || e.is_io_error())
+impl Server {
+    fn open(url: &str, addr: &str, pool_size: usize) -> Result<Self, RedisError> {
+        let client = redis::Client::open(url)?;
+        let addr = addr.to_string();
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        cfg.pool = Some(deadpool_redis::PoolConfig::new(pool_size));
+        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+        Ok(Self { client, pool, addr })
     }
 }
 
+/// The master the sentinels name, replaced on a failover.
+struct Followed {
+    current: RwLock<Option<Arc<Server>>>,
+    /// Bumped at every replacement; subscriptions end when it changes.
+    changes: watch::Sender<u64>,
+}
+
+struct Cluster {
+    seeds: Vec<String>,
+    commands: ClusterClient,
+    /// Made on first use (the cluster may not be up at start), then kept: it reconnects itself.
+    conn: OnceCell<ClusterConnection>,
+}
+
+enum Target {
+    Standalone(Arc<Server>),
+    Sentinel(Followed),
+    Cluster(Box<Cluster>),
+}
+
 pub struct Redis {
-    client: redis::Client,
-    pool: Pool,
+    target: Target,
     timeout: Duration,
+    pool_size: usize,
+}
+
+/// A connection a publishing worker keeps between batches.
+pub enum Conn {
+    /// Pooled, from the server it was taken from (in sentinel mode, perhaps no longer the
+    /// master).
+    Pooled(deadpool_redis::Connection, Arc<Server>),
+    Cluster(ClusterConnection),
 }
 
 impl Redis {
     /// Nothing connects yet: connections are made on first use and remade after failures.
     pub fn open(settings: &RedisSettings) -> Result<Self, RedisError> {
-        let client = redis::Client::open(settings.url.as_str())?;
-        let mut cfg = deadpool_redis::Config::from_url(settings.url.clone());
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(settings.publishers + 2));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+        let timeout = settings.command_timeout;
+        let pool_size = settings.publishers + 2;
+        let target = match settings.mode {
+            RedisMode::Standalone => {
+                let server = Server::open(&settings.url, &settings.url, pool_size)?;
+                Target::Standalone(Arc::new(server))
+            }
+            RedisMode::Sentinel => Target::Sentinel(Followed {
+                current: RwLock::new(None),
+                changes: watch::Sender::new(0),
+            }),
+            RedisMode::Cluster => Target::Cluster(Box::new(Cluster {
+                seeds: settings.nodes.clone(),
+                commands: cluster_builder(&settings.nodes, timeout).build()?,
+                conn: OnceCell::new(),
+            })),
+        };
         Ok(Self {
-            client,
-            pool,
-            timeout: settings.command_timeout,
+            target,
+            timeout,
+            pool_size,
         })
     }
 
@@ -54,34 +110,81 @@ impl Redis {
         self.timeout
     }
 
-    /// A pooled connection, within the command timeout.
-    pub async fn connection(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        match tokio::time::timeout(self.timeout, self.pool.get()).await {
-            Ok(conn) => Ok(conn?),
-            Err(_) => Err(RedisError::Timeout("connecting")),
+    /// Sharded pub/sub (cluster mode): SPUBLISH and SSUBSCRIBE instead of PUBLISH and SUBSCRIBE.
+    pub fn sharded(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// The command that publishes in this mode.
+    pub fn publish_command(&self) -> &'static str {
+        if self.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
         }
     }
 
-    /// A new pub/sub connection, within the command timeout.
-    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisError> {
-        match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
-            Ok(pubsub) => Ok(pubsub?),
-            Err(_) => Err(RedisError::Timeout("connecting for pub/sub")),
+    /// The server commands go to: the one server, or the current master.
+    fn server(&self) -> Result<Arc<Server>, RedisError> {
+        match &self.target {
+            Target::Standalone(s) => Ok(s.clone()),
+            Target::Sentinel(f) => f
+                .current
+                .read()
+                .unwrap()
+                .clone()
+                .ok_or(RedisError::NoMaster),
+            Target::Cluster(_) => Err(RedisError::Unsupported("a single server")),
         }
     }
 
-    /// Runs one command on a pooled connection; connecting and running share the timeout.
+    /// The current master's address (sentinel mode).
+    pub fn master(&self) -> Option<String> {
+        self.server().ok().map(|s| s.addr.clone())
+    }
+
+    /// Makes the server at `url` (`addr`) the master (sentinel mode): from now on commands,
+    /// publishing connections and subscriptions use it, and those made for the old one are
+    /// dropped before their next use.
+    pub fn follow_master(&self, url: &str, addr: &str) -> Result<(), RedisError> {
+        let Target::Sentinel(f) = &self.target else {
+            return Err(RedisError::Unsupported("following a master"));
+        };
+        let server = Arc::new(Server::open(url, addr, self.pool_size)?);
+        *f.current.write().unwrap() = Some(server);
+        f.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn cluster_conn(c: &Cluster, timeout: Duration) -> Result<ClusterConnection, RedisError> {
+        let connect = c.conn.get_or_try_init(|| c.commands.get_async_connection());
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(conn) => Ok(conn?.clone()),
+            Err(_) => Err(RedisError::Timeout("connecting to the cluster")),
+        }
+    }
+
+    /// Runs one command; connecting and running share the timeout. In cluster mode it goes to
+    /// the node that owns its first key.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
         let run = async {
-            let mut conn = self.pool.get().await?;
-            Ok(cmd.query_async::<T>(&mut conn).await?)
+            match &self.target {
+                Target::Cluster(c) => {
+                    let mut conn = Self::cluster_conn(c, self.timeout).await?;
+                    Ok(cmd.query_async::<T>(&mut conn).await?)
+                }
+                _ => {
+                    let mut conn = self.server()?.pool.get().await?;
+                    Ok(cmd.query_async::<T>(&mut conn).await?)
+                }
+            }
         };
         tokio::time::timeout(self.timeout, run)
             .await
             .unwrap_or(Err(RedisError::Timeout("running a command")))
     }
 
-    /// Runs a Lua script with `keys` and `args`.
+    /// Runs a Lua script with `keys` and `args`; in cluster mode, the keys share one slot.
     pub async fn eval<T: FromRedisValue>(
         &self,
         script: &str,
@@ -91,5 +194,143 @@ impl Redis {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
         self.query(&cmd).await
+    }
+
+    /// Publishes `(channel, payload)` pairs as pipelines; returns how many subscribers each
+    /// reached. `conn` is kept between calls; it is made (again) when missing, broken, or made for
+    /// a master that is no longer the master.
+    pub async fn publish_batch(
+        &self,
+        conn: &mut Option<Conn>,
+        batch: &[(&str, &[u8])],
+    ) -> Result<Vec<i64>, RedisError> {
+        if let Target::Cluster(c) = &self.target {
+            if conn.is_none() {
+                *conn = Some(Conn::Cluster(Self::cluster_conn(c, self.timeout).await?));
+            }
+            let Some(Conn::Cluster(cc)) = conn else {
+                unreachable!("cluster mode keeps cluster connections")
+            };
+            let sent = tokio::time::timeout(self.timeout, publish_by_slot(cc, batch));
+            return sent.await.unwrap_or(Err(RedisError::Timeout("publishing")));
+        }
+        let current = self.server()?;
+        if matches!(conn, Some(Conn::Pooled(_, s)) if !Arc::ptr_eq(s, &current)) {
+            discard(conn);
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch {
+            pipe.cmd("PUBLISH").arg(*channel).arg(*payload);
+        }
+        // A connection kept from before a Redis restart fails on first use without having sent
+        // anything; one retry on a fresh connection keeps that from losing the batch. A timeout
+        // is not retried: Redis may have executed the pipeline, and a retry would duplicate it.
+        let reused = conn.is_some();
+        match self.send_pooled(conn, &current, &pipe).await {
+            Err(e) if reused && e.is_dropped() => {
+                discard(conn);
+                self.send_pooled(conn, &current, &pipe).await
+            }
+            r => r,
+        }
+    }
+
+    async fn send_pooled(
+        &self,
+        conn: &mut Option<Conn>,
+        server: &Arc<Server>,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<i64>, RedisError> {
+        if conn.is_none() {
+            let pooled = match tokio::time::timeout(self.timeout, server.pool.get()).await {
+                Ok(c) => c?,
+                Err(_) => return Err(RedisError::Timeout("connecting")),
+            };
+            *conn = Some(Conn::Pooled(pooled, server.clone()));
+        }
+        let Some(Conn::Pooled(c, _)) = conn else {
+            unreachable!("a pooled connection was just made")
+        };
+        match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<i64>>(c)).await {
+            Err(_) => Err(RedisError::Timeout("publishing")),
+            Ok(r) => Ok(r?),
+        }
+    }
+
+    /// A new subscription connection: SUBSCRIBE on the server (or master), SSUBSCRIBE across
+    /// the cluster. In sentinel mode its stream ends when the sentinels name a new master.
+    pub async fn subscription(&self) -> Result<(SubSink, SubStream), RedisError> {
+        let connect = async {
+            match &self.target {
+                Target::Cluster(c) => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let client = cluster_builder(&c.seeds, self.timeout)
+                        .use_protocol(redis::ProtocolVersion::RESP3)
+                        .push_sender(tx)
+                        .build()?;
+                    let conn = client.get_async_connection().await?;
+                    Ok(crate::redis::pubsub::cluster(conn, rx, self.timeout))
+                }
+                _ => {
+                    // Watch for a new master before reading the current one, so that a change
+                    // in between is not missed.
+                    let changes = match &self.target {
+                        Target::Sentinel(f) => Some(f.changes.subscribe()),
+                        _ => None,
+                    };
+                    let server = self.server()?;
+                    let pubsub = server.client.get_async_pubsub().await?;
+                    Ok(crate::redis::pubsub::server(pubsub, changes, self.timeout))
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisError::Timeout("connecting for pub/sub")),
+        }
+    }
+}
+
+fn cluster_builder(seeds: &[String], timeout: Duration) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+}
+
+/// A cluster pipeline must stay in one slot: one pipeline per slot, sent side by side, each
+/// keeping its channels' order.
+async fn publish_by_slot(
+    conn: &ClusterConnection,
+    batch: &[(&str, &[u8])],
+) -> Result<Vec<i64>, RedisError> {
+    let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+    for (i, (channel, _)) in batch.iter().enumerate() {
+        by_slot.entry(Slot::for_key(channel)).or_default().push(i);
+    }
+    let sends = by_slot.into_values().map(|indices| {
+        let mut conn = conn.clone();
+        async move {
+            let mut pipe = redis::pipe();
+            for &i in &indices {
+                pipe.cmd("SPUBLISH").arg(batch[i].0).arg(batch[i].1);
+            }
+            let heard: Vec<i64> = pipe.query_async(&mut conn).await?;
+            Ok::<_, RedisError>((indices, heard))
+        }
+    });
+    let mut receivers = vec![0; batch.len()];
+    for (indices, heard) in futures_util::future::try_join_all(sends).await? {
+        for (i, n) in indices.into_iter().zip(heard) {
+            receivers[i] = n;
+        }
+    }
+    Ok(receivers)
+}
+
+/// Drops a connection that failed (or belongs to a demoted master), detaching a pooled one from
+/// its pool rather than recycling it.
+pub fn discard(conn: &mut Option<Conn>) {
+    if let Some(Conn::Pooled(c, _)) = conn.take() {
+        drop(deadpool_redis::Connection::take(c));
     }
 }

@@ -1,13 +1,19 @@
 //! Redis: the one place that knows it. Routes and Channels publish, subscribe and keep
-//! presence through what this module offers, so that other ways of reaching Redis (Sentinel,
-//! Cluster) are added here.
+//! presence through what this module offers, whichever way Redis is reached (`redis.mode`):
+//! one server, the master Sentinel names, or a Cluster with sharded pub/sub.
 //!
-//! - [`client`]: the node's client and command pool, bounded commands, [`client::RedisError`].
-//! - [`publisher`]: sharded, pipelined PUBLISH, in order per connection.
+//! - [`client`]: the node's handle in each mode, and bounded commands.
+//! - [`error`]: [`error::RedisError`], the one error of all of it.
+//! - [`pubsub`]: one subscription connection (SUBSCRIBE or SSUBSCRIBE) and what it hears.
+//! - [`publisher`]: sharded, pipelined PUBLISH (SPUBLISH in a cluster), in order per connection.
 //! - [`subscriber`]: the node's response-channel subscription, its canary and reconnects.
+//! - [`sentinel`]: asks the sentinels which server is the master and follows a failover.
 //! - [`store`]: the keys and scripts the gateway keeps in Redis: presence, the clock's lease.
 
 pub mod client;
+pub mod error;
 pub mod publisher;
+pub mod pubsub;
+pub mod sentinel;
 pub mod store;
 pub mod subscriber;

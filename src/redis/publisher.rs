@@ -1,5 +1,5 @@
-//! Publishing to Redis: a few shard workers, each owning one multiplexed connection from the
-//! deadpool pool and sending whatever has queued up as one pipeline.
+//! Publishing to Redis: a few shard workers, each owning one connection and sending whatever has
+//! queued up as pipelines ([`Redis::publish_batch`]: PUBLISH, or SPUBLISH per slot in a cluster).
 //!
 //! A connection's events always go to the same shard, and a shard sends in queue order, so each
 //! connection's events reach each channel in order (connect, messages, disconnect) while the
@@ -23,7 +23,7 @@ use crate::config::RedisSettings;
 use crate::log::LogLimiter;
 use crate::metrics::{Loss, Metrics};
 use crate::prism::EventKind;
-use crate::redis::client::{Redis, RedisError};
+use crate::redis::client::{Conn, Redis, RedisError, discard};
 use crate::worker::Workers;
 
 /// What a publish is for, so its fate is counted in the right place.
@@ -197,7 +197,7 @@ async fn worker(
     log: Arc<LogLimiter>,
     recoveries: Arc<AtomicU64>,
 ) {
-    let mut conn: Option<deadpool_redis::Connection> = None;
+    let mut conn: Option<Conn> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     // While backing off: until when, and the recovery count when the backoff began.
     let mut down_until: Option<(Instant, u64)> = None;
@@ -250,45 +250,13 @@ fn lose_batch(metrics: &Metrics, batch: &mut [Publish]) {
 }
 
 async fn send(
-    conn: &mut Option<deadpool_redis::Connection>,
+    conn: &mut Option<Conn>,
     redis: &Redis,
     batch: &[Publish],
 ) -> Result<Vec<i64>, RedisError> {
-    let mut pipe = redis::pipe();
-    for p in batch {
-        pipe.publish(&*p.channel, p.payload.as_ref());
-    }
-    // A connection kept from before a Redis restart fails on first use without having sent
-    // anything; one retry on a fresh connection keeps that from losing the batch. A timeout is
-    // not retried: Redis may have executed the pipeline, and a retry would duplicate it.
-    let reused = conn.is_some();
-    match send_once(conn, redis, &pipe).await {
-        Err(e) if reused && e.is_dropped() => {
-            discard(conn);
-            send_once(conn, redis, &pipe).await
-        }
-        r => r,
-    }
-}
-
-fn discard(conn: &mut Option<deadpool_redis::Connection>) {
-    // Detach a failed connection from the pool rather than recycling it.
-    if let Some(c) = conn.take() {
-        drop(deadpool_redis::Connection::take(c));
-    }
-}
-
-async fn send_once(
-    conn: &mut Option<deadpool_redis::Connection>,
-    redis: &Redis,
-    pipe: &redis::Pipeline,
-) -> Result<Vec<i64>, RedisError> {
-    let c = match conn {
-        Some(c) => c,
-        None => conn.insert(redis.connection().await?),
-    };
-    match tokio::time::timeout(redis.timeout(), pipe.query_async::<Vec<i64>>(c)).await {
-        Err(_) => Err(RedisError::Timeout("publishing")),
-        Ok(r) => Ok(r?),
-    }
+    let items: Vec<(&str, &[u8])> = batch
+        .iter()
+        .map(|p| (&*p.channel, p.payload.as_ref()))
+        .collect();
+    redis.publish_batch(conn, &items).await
 }

@@ -8,16 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use redis::aio::PubSubStream;
 use tokio::time::{Instant, sleep_until};
 
 use crate::Gateway;
 use crate::backoff::Backoff;
 use crate::log::LogLimiter;
+use crate::metrics::Resubscribe;
 use crate::prism::{self, Inbound};
 use crate::redis::client::RedisError;
+use crate::redis::pubsub::{Push, SubSink, SubStream};
 use crate::worker::Part;
 
 /// Why one subscription ended.
@@ -33,18 +33,26 @@ pub async fn run(gw: Arc<Gateway>) {
     let log = LogLimiter::new(Duration::from_secs(1));
     loop {
         let end = match subscribe(&gw).await {
-            Ok(stream) => {
+            Ok((sink, stream)) => {
                 gw.metrics.subscriber_connects.inc();
                 tracing::info!(channel = %gw.response_channel, "subscribed to the response channel");
-                serve(&gw, stream, &mut backoff, &log).await
+                serve(&gw, sink, stream, &mut backoff, &log).await
             }
             Err(end) => end,
         };
-        let why = match end {
+        let (why, reason) = match end {
             End::Shutdown => return,
-            End::Lost(e) => e.to_string(),
-            End::CanaryMissing => "canary did not come back through the subscription".into(),
+            End::Lost(RedisError::MasterChanged) => (
+                "the sentinels named a new master".into(),
+                Resubscribe::MasterChanged,
+            ),
+            End::Lost(e) => (e.to_string(), Resubscribe::ConnectionLost),
+            End::CanaryMissing => (
+                "canary did not come back through the subscription".into(),
+                Resubscribe::CanaryMissing,
+            ),
         };
+        gw.metrics.resubscribed(reason);
         gw.set_ready(Part::ResponseChannel, false);
         let delay = backoff.next_delay();
         tracing::warn!(error = %why, retry_in = ?delay, "response-channel subscription lost");
@@ -55,16 +63,11 @@ pub async fn run(gw: Arc<Gateway>) {
     }
 }
 
-async fn subscribe(gw: &Gateway) -> Result<PubSubStream, End> {
+async fn subscribe(gw: &Gateway) -> Result<(SubSink, SubStream), End> {
     let attempt = async {
-        let mut pubsub = gw.redis.pubsub().await?;
-        let subscribed =
-            tokio::time::timeout(gw.redis.timeout(), pubsub.subscribe(&*gw.response_channel));
-        match subscribed.await {
-            Ok(r) => r?,
-            Err(_) => return Err(RedisError::Timeout("subscribing")),
-        }
-        Ok(pubsub.into_on_message())
+        let (mut sink, stream) = gw.redis.subscription().await?;
+        sink.subscribe(&gw.response_channel).await?;
+        Ok((sink, stream))
     };
     tokio::select! {
         _ = gw.shutdown.cancelled() => Err(End::Shutdown),
@@ -75,7 +78,8 @@ async fn subscribe(gw: &Gateway) -> Result<PubSubStream, End> {
 /// Reads the subscription until it fails, its canary goes missing, or shutdown.
 async fn serve(
     gw: &Arc<Gateway>,
-    mut stream: PubSubStream,
+    mut sink: SubSink,
+    mut stream: SubStream,
     backoff: &mut Backoff,
     log: &LogLimiter,
 ) -> End {
@@ -91,9 +95,25 @@ async fn serve(
         tokio::select! {
             biased;
             _ = gw.shutdown.cancelled() => return End::Shutdown,
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    return End::Lost(RedisError::Closed);
+            heard = stream.next() => {
+                let msg = match heard {
+                    Err(e) => return End::Lost(e),
+                    Ok(Push::Message(msg)) => msg,
+                    Ok(Push::Unsubscribed(channel)) if *channel == *gw.response_channel => {
+                        // The channel's slot moved: subscribe again (the cluster connection
+                        // routes it to the new owner) and prove it with a canary at once; not
+                        // ready until it comes back.
+                        gw.metrics.resubscribed(Resubscribe::SlotMoved);
+                        gw.set_ready(Part::ResponseChannel, false);
+                        tracing::warn!(channel = %gw.response_channel, "the response channel's slot moved; subscribing again");
+                        if let Err(e) = sink.subscribe(&gw.response_channel).await {
+                            return End::Lost(e);
+                        }
+                        pending = None;
+                        next_send = Instant::now();
+                        continue;
+                    }
+                    Ok(Push::Unsubscribed(_)) => continue,
                 };
                 match prism::decode_inbound(msg.get_payload_bytes(), redis.max_reply_size) {
                     Ok(Inbound::Canary(n)) if pending.is_some_and(|(p, _)| p == n) => {
@@ -131,7 +151,7 @@ async fn until_sent(sending: &mut Option<BoxFuture<'static, ()>>) {
 /// Publishes a canary; if it cannot be sent, it simply never arrives and the deadline does the
 /// rest.
 async fn send_canary(gw: Arc<Gateway>, seq: u64) {
-    let mut cmd = redis::cmd("PUBLISH");
+    let mut cmd = redis::cmd(gw.redis.publish_command());
     cmd.arg(&*gw.response_channel)
         .arg(prism::encode_canary(seq));
     if let Err(e) = gw.redis.query::<()>(&cmd).await {

@@ -279,9 +279,21 @@ impl Gateway {
 
     /// Starts without waiting for readiness; `server` holds extra `[server]` keys.
     pub async fn start_unready(redis_url: &str, routes: &str, server: &str) -> Self {
+        Self::start_with_redis(&format!("url = \"{redis_url}\""), routes, server).await
+    }
+
+    /// Starts without waiting for readiness, with `redis` as the `[redis]` keys that say where
+    /// Redis is (`url`, or `mode` and its keys).
+    pub async fn start_with_redis(redis: &str, routes: &str, server: &str) -> Self {
         let node_id = format!("test-{}", free_port());
+        Self::start_node(&node_id, redis, routes, server).await
+    }
+
+    /// As [`Gateway::start_with_redis`], with a chosen node id.
+    pub async fn start_node(node_id: &str, redis: &str, routes: &str, server: &str) -> Self {
+        let node_id = node_id.to_string();
         let text = format!(
-            "node_id = \"{node_id}\"\n[server]\nshutdown_grace = \"2s\"\n{server}\n[redis]\nurl = \"{redis_url}\"\n\
+            "node_id = \"{node_id}\"\n[server]\nshutdown_grace = \"2s\"\n{server}\n[redis]\n{redis}\n\
              canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n{routes}"
         );
         let settings = refract::Settings::from_toml(&text).expect("valid test config");

@@ -253,6 +253,30 @@ impl Cluster {
         panic!("no node owns slot {slot}");
     }
 
+    /// Moves `key`'s slot to the master at `to`, as `redis-cli --cluster reshard` does for each
+    /// slot: IMPORTING on the target, MIGRATING on the source, then NODE everywhere (the slot
+    /// holds no keys to migrate in these tests).
+    pub async fn move_slot_of(&self, key: &str, to: u16) {
+        let slot = self.slot_of(key).await;
+        let from = self.owner_of(key).await;
+        let id = |port: u16| async move {
+            query::<String>(port, redis::cmd("CLUSTER").arg("MYID"))
+                .await
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let setslot = |port: u16, args: Vec<String>| async move {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(args);
+            let _: () = query(port, &cmd).await.expect("CLUSTER SETSLOT");
+        };
+        setslot(to, vec!["IMPORTING".into(), from_id]).await;
+        setslot(from, vec!["MIGRATING".into(), to_id.clone()]).await;
+        for port in self.live_ports() {
+            setslot(port, vec!["NODE".into(), to_id.clone()]).await;
+        }
+    }
+
     /// A running node that does not own `key`'s slot.
     pub async fn non_owner_of(&self, key: &str) -> u16 {
         let owner = self.owner_of(key).await;
@@ -455,8 +479,14 @@ impl Sentinels {
     /// `SENTINEL failover mymaster`; returns the new master once the sentinels name it and it
     /// says `role:master`.
     pub async fn failover(&self) -> u16 {
+        let new = self.start_failover().await;
+        self.wait_master(new).await;
+        new
+    }
+
+    /// `SENTINEL failover mymaster`, without waiting for it; returns the master-to-be.
+    pub async fn start_failover(&self) -> u16 {
         let old = self.master_port().await;
-        let new = self.other(old);
         let mut c = conn(self.sentinel_ports[0]).await;
         let _: () = redis::cmd("SENTINEL")
             .arg("failover")
@@ -464,8 +494,7 @@ impl Sentinels {
             .query_async(&mut c)
             .await
             .expect("SENTINEL failover");
-        self.wait_master(new).await;
-        new
+        self.other(old)
     }
 
     /// SIGKILLs the current master; returns its port.

@@ -1,0 +1,29 @@
+//! The one error type of everything that talks to Redis.
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("cannot create the connection pool: {0}")]
+    CreatePool(#[from] deadpool_redis::CreatePoolError),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("the connection closed")]
+    Closed,
+    #[error("no master known: the sentinels have not named one yet")]
+    NoMaster,
+    #[error("the sentinels named a new master")]
+    MasterChanged,
+    #[error("{0} is not available in cluster mode")]
+    Unsupported(&'static str),
+}
+
+impl RedisError {
+    /// The connection broke before the command went out: a retry on a fresh one is safe.
+    pub fn is_dropped(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.is_connection_dropped() || e.is_io_error())
+    }
+}
