@@ -400,11 +400,13 @@ async fn two_nodes_on_one_redis_are_one_system() {
     // One echo service answers whichever node each client is on.
     let url = redis.url();
     let mut seen = redis.subscribe("input").await;
+    let (subscribed, echo_ready) = tokio::sync::oneshot::channel();
     let echo = tokio::spawn(async move {
         let client = redis::Client::open(url).unwrap();
         let mut publish = client.get_multiplexed_async_connection().await.unwrap();
         let mut pubsub = client.get_async_pubsub().await.unwrap();
         pubsub.subscribe("input").await.unwrap();
+        subscribed.send(()).unwrap();
         let mut stream = pubsub.into_on_message();
         while let Some(msg) = stream.next().await {
             let v: Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
@@ -421,6 +423,8 @@ async fn two_nodes_on_one_redis_are_one_system() {
         }
     });
 
+    // Messages sent before the echo service subscribes would reach nobody.
+    echo_ready.await.unwrap();
     let (mut on_a, id_a) = node_client(&a, &mut seen).await;
     let (mut on_b, id_b) = node_client(&b, &mut seen).await;
     for i in 0..20 {

@@ -489,3 +489,88 @@ async fn sharded_round_trip(cluster: &Cluster, gw: &common::Gateway, owner: u16,
     assert_eq!(heard, 1, "the node's subscription is on {owner}");
     assert_eq!(client.recv_text().await, text);
 }
+
+const CHANNELS_SECRET: &str = "topology-channels-secret-0123456789";
+
+/// Channels through the cluster (presence off: not yet laid out by slot): members of one topic on
+/// two nodes on different shards each get what a service SPUBLISHes to `to:{<topic>}`, and a
+/// client push arrives on `from:{<topic>}:<event>`.
+#[tokio::test]
+async fn channels_deliver_through_the_cluster_to_members_on_two_nodes() {
+    let cluster = Cluster::start(3).await;
+    let keys = cluster_keys(&cluster);
+    let channels = format!(
+        "[channels]\njwt_secret = \"{CHANNELS_SECRET}\"\n[channels.presence]\nenabled = false\n"
+    );
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"id": "ann", "channel": "room:lobby",
+                            "exp": refract::auth::now_secs() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(CHANNELS_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut members = Vec::new();
+    for id in ids_on_different_shards(&cluster, 2).await {
+        let gw = common::Gateway::start_node(&id, &keys, &channels, "").await;
+        gw.wait_ready().await;
+        let mut socket = common::phx::Phx::connect(&gw, "").await;
+        let join_ref = socket.join_ok("room:lobby", &token).await;
+        members.push((gw, socket, join_ref));
+    }
+    let topic_owner = cluster.owner_of("to:{room:lobby}").await;
+    // Both nodes' bridges subscribe after the join's reply; wait until both are there.
+    eventually_within(
+        Duration::from_secs(10),
+        "both bridges to subscribe",
+        || async {
+            let (_, n): (String, i64) = query(
+                topic_owner,
+                redis::cmd("PUBSUB")
+                    .arg("SHARDNUMSUB")
+                    .arg("to:{room:lobby}"),
+            )
+            .await?;
+            (n == 2).then_some(())
+        },
+    )
+    .await;
+    let heard: i64 = query(
+        topic_owner,
+        redis::cmd("SPUBLISH")
+            .arg("to:{room:lobby}")
+            .arg(r#"new_msg:{"body":"hello"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(heard, 2);
+    for (_, socket, join_ref) in &mut members {
+        let frame = socket.recv_event("new_msg").await;
+        let expected =
+            serde_json::json!([join_ref, null, "room:lobby", "new_msg", {"body": "hello"}]);
+        assert_eq!(frame, expected);
+    }
+
+    let push_channel = "from:{room:lobby}:shout";
+    let mut service = RawSubscriber::connect(cluster.owner_of(push_channel).await);
+    service.ssubscribe(push_channel).await;
+    let (_, socket, join_ref) = &mut members[0];
+    let jr = join_ref.clone();
+    socket
+        .send(
+            Some(&jr),
+            "room:lobby",
+            "shout",
+            serde_json::json!({"n": 1}),
+        )
+        .await;
+    let push = service.next().await;
+    assert_eq!(push[0], "smessage");
+    assert_eq!(push[1], push_channel);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&push[2]).unwrap()["n"],
+        1
+    );
+    for (gw, _, _) in members {
+        gw.stop().await;
+    }
+}
