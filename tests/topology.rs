@@ -234,15 +234,7 @@ fn listen(port: u16, heard: Arc<Mutex<HashSet<u64>>>) -> tokio::task::JoinHandle
 async fn stream_through_a_failover(kill: bool) {
     const SENT: u64 = 150;
     let mut sentinels = Sentinels::start().await;
-    let list: Vec<String> = sentinels
-        .sentinel_urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect();
-    let keys = format!(
-        "mode = \"sentinel\"\nsentinels = [{}]\nmaster_name = \"{SENTINEL_MASTER}\"",
-        list.join(", ")
-    );
+    let keys = sentinel_keys(&sentinels);
     let gw = common::Gateway::start_with_redis(&keys, STREAM_ROUTE, "").await;
     gw.wait_ready().await;
     let old = sentinels.master_port().await;
@@ -573,4 +565,46 @@ async fn channels_deliver_through_the_cluster_to_members_on_two_nodes() {
     for (gw, _, _) in members {
         gw.stop().await;
     }
+}
+
+/// In sentinel mode, the node's subscription killed on the master (`CLIENT KILL` of pub/sub
+/// connections only) is noticed and made again; the node is ready again by itself.
+#[tokio::test]
+async fn a_killed_subscription_on_the_sentinel_master_is_noticed() {
+    let sentinels = Sentinels::start().await;
+    let keys = sentinel_keys(&sentinels);
+    let gw = common::Gateway::start_with_redis(&keys, STREAM_ROUTE, "").await;
+    gw.wait_ready().await;
+    let connects = "refract_redis_subscriber_connects_total";
+    assert_eq!(gw.metric(connects).await, 1);
+    let master = sentinels.master_port().await;
+    let killed: i64 = query(
+        master,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    )
+    .await
+    .unwrap();
+    assert!(killed >= 1);
+    eventually_within(
+        Duration::from_secs(15),
+        "the node to subscribe again",
+        || async { (gw.metric(connects).await >= 2).then_some(()) },
+    )
+    .await;
+    gw.wait_ready().await;
+    assert_eq!(gw.metric("refract_redis_master_changes_total").await, 0);
+    gw.stop().await;
+}
+
+/// `mode = "sentinel"` and its keys for a gateway watching `sentinels`.
+fn sentinel_keys(sentinels: &Sentinels) -> String {
+    let list: Vec<String> = sentinels
+        .sentinel_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    format!(
+        "mode = \"sentinel\"\nsentinels = [{}]\nmaster_name = \"{SENTINEL_MASTER}\"",
+        list.join(", ")
+    )
 }
