@@ -415,24 +415,8 @@ async fn a_killed_sharded_subscription_is_noticed_and_made_again() {
     let cluster = Cluster::start(3).await;
     let gw = common::Gateway::start_with_redis(&cluster_keys(&cluster), STREAM_ROUTE, "").await;
     gw.wait_ready().await;
-    let connects = "refract_redis_subscriber_connects_total";
-    assert_eq!(gw.metric(connects).await, 1);
-    let channel = gw.response_channel();
-    let owner = cluster.owner_of(&channel).await;
-    let killed: i64 = query(
-        owner,
-        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
-    )
-    .await
-    .unwrap();
-    assert!(killed >= 1, "the node's subscription was on {owner}");
-    eventually_within(
-        Duration::from_secs(15),
-        "the node to subscribe again",
-        || async { (gw.metric(connects).await >= 2).then_some(()) },
-    )
-    .await;
-    gw.wait_ready().await;
+    let owner = cluster.owner_of(&gw.response_channel()).await;
+    kill_subscriptions_and_await_their_return(&gw, owner).await;
 
     sharded_round_trip(&cluster, &gw, owner, "still here").await;
     gw.stop().await;
@@ -575,23 +559,7 @@ async fn a_killed_subscription_on_the_sentinel_master_is_noticed() {
     let keys = sentinel_keys(&sentinels);
     let gw = common::Gateway::start_with_redis(&keys, STREAM_ROUTE, "").await;
     gw.wait_ready().await;
-    let connects = "refract_redis_subscriber_connects_total";
-    assert_eq!(gw.metric(connects).await, 1);
-    let master = sentinels.master_port().await;
-    let killed: i64 = query(
-        master,
-        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
-    )
-    .await
-    .unwrap();
-    assert!(killed >= 1);
-    eventually_within(
-        Duration::from_secs(15),
-        "the node to subscribe again",
-        || async { (gw.metric(connects).await >= 2).then_some(()) },
-    )
-    .await;
-    gw.wait_ready().await;
+    kill_subscriptions_and_await_their_return(&gw, sentinels.master_port().await).await;
     assert_eq!(gw.metric("refract_redis_master_changes_total").await, 0);
     gw.stop().await;
 }
@@ -607,4 +575,25 @@ fn sentinel_keys(sentinels: &Sentinels) -> String {
         "mode = \"sentinel\"\nsentinels = [{}]\nmaster_name = \"{SENTINEL_MASTER}\"",
         list.join(", ")
     )
+}
+
+/// Kills the pub/sub connections on `port` (the node's subscription among them) and waits for
+/// the node to subscribe again and be ready by itself.
+async fn kill_subscriptions_and_await_their_return(gw: &common::Gateway, port: u16) {
+    let connects = "refract_redis_subscriber_connects_total";
+    assert_eq!(gw.metric(connects).await, 1);
+    let kill = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .clone();
+    let killed: i64 = query(port, &kill).await.unwrap();
+    assert!(killed >= 1, "the node's subscription was on {port}");
+    eventually_within(
+        Duration::from_secs(15),
+        "the node to subscribe again",
+        || async { (gw.metric(connects).await >= 2).then_some(()) },
+    )
+    .await;
+    gw.wait_ready().await;
 }
