@@ -313,6 +313,12 @@ pub mod names {
         }
     }
 
+    /// The topic whose sharded channel (`to:{<topic>}`) this is.
+    pub fn sharded_topic(channel: &str) -> Option<&str> {
+        let topic = channel.strip_prefix("to:{")?.strip_suffix('}')?;
+        (!topic.is_empty()).then_some(topic)
+    }
+
     /// A message heard on `channel`, as (topic, event, payload).
     pub fn split<'a>(
         channel: &'a str,
@@ -323,11 +329,10 @@ pub mod names {
             let (topic, event) = super::split_channel(channel.as_bytes())?;
             return Some((topic, event, message));
         }
-        let topic = channel.strip_prefix("to:{")?.strip_suffix('}')?;
+        let topic = sharded_topic(channel)?;
         let colon = message.iter().position(|&b| b == b':')?;
         let event = std::str::from_utf8(&message[..colon]).ok()?;
-        let ok = !topic.is_empty() && !event.is_empty();
-        ok.then_some((topic, event, &message[colon + 1..]))
+        (!event.is_empty()).then_some((topic, event, &message[colon + 1..]))
     }
 }
 
@@ -482,6 +487,9 @@ mod tests {
             names::split("to:room:1:msg", b"x", false),
             Some(("room:1", "msg", &b"x"[..]))
         );
+        assert_eq!(names::sharded_topic("to:{room:1}"), Some("room:1"));
+        assert_eq!(names::sharded_topic("to:{}"), None);
+        assert_eq!(names::sharded_topic("from:{room:1}:x"), None);
         assert_eq!(names::split("to:{room:1}", b"no-event", true), None);
         assert_eq!(names::split("to:{room:1}", b":x", true), None);
         assert_eq!(names::split("to:room:1", b"msg:x", true), None);

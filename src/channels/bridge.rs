@@ -95,7 +95,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedRecei
                     }
                     // A topic's slot moved: subscribe again if it still has members here.
                     Ok(Push::Unsubscribed(channel)) => {
-                        let topic = channel.strip_prefix("to:{").and_then(|t| t.strip_suffix('}'));
+                        let topic = names::sharded_topic(&channel);
                         if let Some(topic) = topic.filter(|t| hub.has_topic(t)) {
                             gw.metrics.resubscribed(crate::metrics::Resubscribe::SlotMoved);
                             healthy = subscribe(&mut sink, topic, sharded).await;
