@@ -296,10 +296,6 @@ const CASES: &[(&str, &str)] = &[
         ": redis.master_name: applies to mode = \"sentinel\" only",
     ),
     (
-        "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\n[channels]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n",
-        ": channels.presence.enabled: is not supported with redis.mode = \"cluster\" yet",
-    ),
-    (
         "[redis]\npassword = \"p\"\n",
         ": redis.password: applies to mode = \"sentinel\" only",
     ),

@@ -468,9 +468,9 @@ async fn sharded_round_trip(cluster: &Cluster, gw: &common::Gateway, owner: u16,
 
 const CHANNELS_SECRET: &str = "topology-channels-secret-0123456789";
 
-/// Channels through the cluster (presence off: not yet laid out by slot): members of one topic on
-/// two nodes on different shards each get what a service SPUBLISHes to `to:{<topic>}`, and a
-/// client push arrives on `from:{<topic>}:<event>`.
+/// Channels through the cluster (presence off here; the presence test is below): members of one
+/// topic on two nodes on different shards each get what a service SPUBLISHes to `to:{<topic>}`,
+/// and a client push arrives on `from:{<topic>}:<event>`.
 #[tokio::test]
 async fn channels_deliver_through_the_cluster_to_members_on_two_nodes() {
     let cluster = Cluster::start(3).await;
@@ -549,6 +549,153 @@ async fn channels_deliver_through_the_cluster_to_members_on_two_nodes() {
     for (gw, _, _) in members {
         gw.stop().await;
     }
+}
+
+fn channels_token(claims: serde_json::Value) -> String {
+    let mut c = claims.as_object().unwrap().clone();
+    c.insert("exp".into(), (refract::auth::now_secs() + 600).into());
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &c,
+        &jsonwebtoken::EncodingKey::from_secret(CHANNELS_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Waits for the next presence_diff that mentions `key` in `side` ("joins"/"leaves").
+async fn presence_diff_for(s: &mut common::phx::Phx, side: &str, key: &str) -> serde_json::Value {
+    loop {
+        let f = s.recv_event("presence_diff").await;
+        if f[4][side].get(key).is_some() {
+            return f[4].clone();
+        }
+    }
+}
+
+/// Presence through the cluster, with members on three gateway processes (two of them with
+/// response channels on different shards): state and diffs across nodes, a SIGKILLed node's
+/// member leaving exactly once, the dead node forgotten, the admin topic's stats and the system
+/// clock, and a node's index of topics pruned after its last member leaves.
+#[tokio::test]
+async fn presence_the_admin_topic_and_the_clock_work_through_the_cluster() {
+    let cluster = Cluster::start(3).await;
+    let keys = cluster_keys(&cluster);
+    let channels = format!(
+        "[channels]\njwt_secret = \"{CHANNELS_SECRET}\"\n\
+         [channels.presence]\nttl = \"1s\"\nrefresh_interval = \"250ms\"\nadmin_interval = \"250ms\"\n\
+         [channels.system]\ndatetime_interval = \"200ms\"\n"
+    );
+    let ids = ids_on_different_shards(&cluster, 2).await;
+    let start = |id: String| {
+        let (keys, channels) = (keys.clone(), channels.clone());
+        async move { common::Node::start_with_redis(&keys, Some(&id), "", &channels).await }
+    };
+    let (a, b) = (start(ids[0].clone()).await, start(ids[1].clone()).await);
+    let mut c = start("doomed".into()).await;
+    let topic = "room:lobby";
+    let member = |who: &str| channels_token(serde_json::json!({"id": who, "channel": "room:*"}));
+
+    let mut alice = common::phx::Phx::connect(&a, "").await;
+    alice.join_ok(topic, &member("alice")).await;
+    let mut bob = common::phx::Phx::connect(&b, "").await;
+    let (bob_ref, reply) = bob
+        .join(topic, serde_json::json!({"token": member("bob")}))
+        .await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    let state = bob.recv_event("presence_state").await;
+    assert_eq!(
+        state[4]["alice"]["metas"][0]["node"],
+        ids[0].as_str(),
+        "{state}"
+    );
+    assert_eq!(
+        state[4]["bob"]["metas"][0]["node"],
+        ids[1].as_str(),
+        "{state}"
+    );
+    presence_diff_for(&mut alice, "joins", "bob").await;
+    let mut carol = common::phx::Phx::connect(&c, "").await;
+    carol.join_ok(topic, &member("carol")).await;
+    presence_diff_for(&mut alice, "joins", "carol").await;
+    presence_diff_for(&mut bob, "joins", "carol").await;
+    // The topic's entries are one hash, in the slot of the topic's channel.
+    let hash = format!("refract:presence:{{{topic}}}");
+    let owner = cluster.owner_of(&format!("to:{{{topic}}}")).await;
+    assert_eq!(cluster.owner_of(&hash).await, owner);
+    let entries: Option<i64> = query(owner, redis::cmd("HLEN").arg(&hash)).await;
+    assert_eq!(entries, Some(3));
+
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let leave = presence_diff_for(&mut alice, "leaves", "carol").await;
+    assert_eq!(
+        leave["leaves"]["carol"]["metas"].as_array().unwrap().len(),
+        1
+    );
+    presence_diff_for(&mut bob, "leaves", "carol").await;
+    let nodes_owner = cluster.owner_of("refract:{nodes}:alive").await;
+    eventually_within(
+        Duration::from_secs(10),
+        "the dead node forgotten",
+        || async {
+            let score: Option<Option<f64>> = query(
+                nodes_owner,
+                redis::cmd("ZSCORE")
+                    .arg("refract:{nodes}:alive")
+                    .arg("doomed"),
+            )
+            .await;
+            (score?.is_none()).then_some(())
+        },
+    )
+    .await;
+    let swept = a.metric("refract_channels_presence_swept_total").await
+        + b.metric("refract_channels_presence_swept_total").await;
+    assert_eq!(swept, 1, "exactly one node removed carol's entry");
+    let entries: Option<i64> = query(owner, redis::cmd("HLEN").arg(&hash)).await;
+    assert_eq!(entries, Some(2));
+
+    // The admin topic: both live nodes, and the topic's members.
+    let mut admin = common::phx::Phx::connect(&a, "").await;
+    let ops = channels_token(serde_json::json!({"id": "ops", "channel": "admin", "admin": true}));
+    admin.join_ok("admin", &ops).await;
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..40 {
+        stats = admin.recv_event("stats").await[4].clone();
+        if stats["nodes"].as_array().unwrap().len() == 2 && stats["topics"][topic] == 2 {
+            break;
+        }
+    }
+    assert_eq!(stats["nodes"].as_array().unwrap().len(), 2, "{stats}");
+    assert_eq!(stats["topics"][topic], 2, "{stats}");
+
+    // One clock for the whole system: successive counts, whichever node holds the lease.
+    let mut clock = common::phx::Phx::connect(&b, "").await;
+    let system = channels_token(serde_json::json!({"id": "t", "channel": "system"}));
+    clock.join_ok("system", &system).await;
+    let first = clock.recv_event("datetime").await[4]["counter"]
+        .as_u64()
+        .unwrap();
+    let second = clock.recv_event("datetime").await[4]["counter"]
+        .as_u64()
+        .unwrap();
+    assert!(second > first, "{first} then {second}");
+
+    // Bob leaves: his entry goes, and his node's index lets go of the topic after a tick.
+    bob.send(Some(&bob_ref), topic, "phx_leave", serde_json::json!({}))
+        .await;
+    presence_diff_for(&mut alice, "leaves", "bob").await;
+    let index = format!("refract:{{nodes}}:topics:{}", ids[1]);
+    eventually_within(
+        Duration::from_secs(10),
+        "bob's node to unindex the topic",
+        || async {
+            let member: Option<bool> =
+                query(nodes_owner, redis::cmd("SISMEMBER").arg(&index).arg(topic)).await;
+            (!member?).then_some(())
+        },
+    )
+    .await;
 }
 
 /// In sentinel mode, the node's subscription killed on the master (`CLIENT KILL` of pub/sub

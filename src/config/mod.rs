@@ -124,16 +124,6 @@ impl Settings {
         self.redis.validate()?;
         if let Some(ch) = &mut self.channels {
             ch.validate(&self.routes)?;
-            // Presence and the clock keep keys across slots; not yet laid out for a cluster.
-            let cluster = self.redis.mode == RedisMode::Cluster;
-            let message = "is not supported with redis.mode = \"cluster\" yet";
-            let key = "channels.presence.enabled";
-            ensure(!(cluster && ch.presence.enabled), key, message)?;
-            ensure(
-                !(cluster && ch.system.is_some()),
-                "channels.system",
-                message,
-            )?;
         }
         for (path, route) in &mut self.routes {
             route.validate(path)?;

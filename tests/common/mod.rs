@@ -279,7 +279,7 @@ impl Gateway {
 
     /// Starts without waiting for readiness; `server` holds extra `[server]` keys.
     pub async fn start_unready(redis_url: &str, routes: &str, server: &str) -> Self {
-        Self::start_with_redis(&format!("url = \"{redis_url}\""), routes, server).await
+        Self::start_with_redis(&url_key(redis_url), routes, server).await
     }
 
     /// Starts without waiting for readiness, with `redis` as the `[redis]` keys that say where
@@ -499,6 +499,11 @@ pub struct Node {
     _dir: tempfile::TempDir,
 }
 
+/// The `[redis]` key for one server at `url`.
+fn url_key(url: &str) -> String {
+    format!("url = \"{url}\"")
+}
+
 impl Node {
     /// Starts `refract --config` with `server` keys, Redis at `redis_url`, and `routes`; waits
     /// until `/readyz` is 200. `node_id` None lets the node generate its id.
@@ -513,7 +518,17 @@ impl Node {
         addr: SocketAddr,
         routes: &str,
     ) -> Self {
-        Self::spawn(redis_url, node_id, "", routes, &[], addr.port()).await
+        Self::spawn(&url_key(redis_url), node_id, "", routes, &[], addr.port()).await
+    }
+
+    /// As [`Node::start`], with `redis` as the `[redis]` keys that say where Redis is.
+    pub async fn start_with_redis(
+        redis: &str,
+        node_id: Option<&str>,
+        server: &str,
+        routes: &str,
+    ) -> Self {
+        Self::spawn(redis, node_id, server, routes, &[], free_port()).await
     }
 
     /// As [`Node::start`], with extra environment variables for the process.
@@ -524,11 +539,12 @@ impl Node {
         routes: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        Self::spawn(redis_url, node_id, server, routes, env, free_port()).await
+        let redis = url_key(redis_url);
+        Self::spawn(&redis, node_id, server, routes, env, free_port()).await
     }
 
     async fn spawn(
-        redis_url: &str,
+        redis: &str,
         node_id: Option<&str>,
         server: &str,
         routes: &str,
@@ -543,7 +559,7 @@ impl Node {
         std::fs::write(
             &path,
             format!(
-                "{id_line}[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[redis]\nurl = \"{redis_url}\"\n\
+                "{id_line}[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[redis]\n{redis}\n\
                  canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n{routes}"
             ),
         )
