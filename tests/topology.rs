@@ -422,18 +422,28 @@ async fn a_killed_sharded_subscription_is_noticed_and_made_again() {
     gw.stop().await;
 }
 
-/// A slot migration of the node's response channel: the cluster unsubscribes it, the node
-/// counts a `slot_moved` resubscription, is ready again through the new owner, and replies
-/// published there reach the client.
+/// A slot migration of the node's response channel by `redis-cli --cluster reshard`: the cluster
+/// unsubscribes it, the node counts a `slot_moved` resubscription, is ready again through the new
+/// owner, and replies published there reach the client.
 #[tokio::test]
-async fn a_response_channel_whose_slot_moves_is_followed_to_the_new_owner() {
+async fn a_response_channel_resharded_away_is_followed_to_the_new_owner() {
     let cluster = Cluster::start(3).await;
-    let gw = common::Gateway::start_with_redis(&cluster_keys(&cluster), STREAM_ROUTE, "").await;
+    // reshard takes a master's lowest slots first: a node id whose channel is in one of those.
+    let mut firsts = HashSet::new();
+    for port in cluster.live_ports() {
+        firsts.insert(cluster.first_slot_of(port).await);
+    }
+    let id = (0..)
+        .map(|i| format!("reshard-{i}"))
+        .find(|id| firsts.contains(&key_slot(&format!("refract.responses.{id}"))))
+        .unwrap();
+    let gw = common::Gateway::start_node(&id, &cluster_keys(&cluster), STREAM_ROUTE, "").await;
     gw.wait_ready().await;
     let channel = gw.response_channel();
+    assert_eq!(cluster.slot_of(&channel).await, key_slot(&channel));
     let before = cluster.owner_of(&channel).await;
     let after = cluster.non_owner_of(&channel).await;
-    cluster.move_slot_of(&channel, after).await;
+    cluster.reshard(before, after, 1).await;
     assert_eq!(cluster.owner_of(&channel).await, after);
     let moved = "refract_redis_resubscriptions_total{reason=\"slot_moved\"}";
     eventually_within(
@@ -443,9 +453,37 @@ async fn a_response_channel_whose_slot_moves_is_followed_to_the_new_owner() {
     )
     .await;
     gw.wait_ready().await;
-
-    assert_ne!(before, after);
     sharded_round_trip(&cluster, &gw, after, "moved with it").await;
+    gw.stop().await;
+}
+
+/// A cluster master SIGKILLed: its replica is promoted, the node's subscription follows the
+/// slot to it, `/readyz` is 503 in the gap and 200 again by itself, and replies published on the
+/// promoted replica reach the client.
+#[tokio::test]
+async fn a_killed_cluster_master_is_replaced_by_its_replica_and_followed() {
+    let mut cluster = Cluster::start_with_replicas(3, 1).await;
+    let gw = common::Gateway::start_with_redis(&cluster_keys(&cluster), STREAM_ROUTE, "").await;
+    gw.wait_ready().await;
+    let channel = gw.response_channel();
+    let master = cluster.owner_of(&channel).await;
+    let replica = cluster.replica_of(master).await;
+    let killed_at = Instant::now();
+    cluster.kill(master);
+    eventually_within(
+        Duration::from_secs(10),
+        "/readyz to show the gap",
+        || async { (gw.get("/readyz").await.0 == 503).then_some(()) },
+    )
+    .await;
+    cluster.wait_owner(replica).await;
+    gw.wait_ready().await;
+    eprintln!(
+        "cluster master killed: ready again through the promoted replica {:?} later",
+        killed_at.elapsed()
+    );
+    assert_eq!(cluster.owner_of(&channel).await, replica);
+    sharded_round_trip(&cluster, &gw, replica, "after the failover").await;
     gw.stop().await;
 }
 

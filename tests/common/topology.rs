@@ -59,6 +59,27 @@ pub async fn info(port: u16, section: &str) -> Option<String> {
     query(port, redis::cmd("INFO").arg(section)).await
 }
 
+/// The cluster slot of a key or shard channel: CRC16 (XMODEM) of its hash tag, or of all of it.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// Ports handed out by this process, so that two nodes of one topology never draw the same one.
 fn fresh_port(taken: &mut HashSet<u16>) -> u16 {
     loop {
@@ -111,7 +132,8 @@ fn kill_child(mut child: Child) {
     let _ = child.wait();
 }
 
-/// A Redis Cluster of masters only (no replicas), slots spread by `redis-cli --cluster create`.
+/// A Redis Cluster, slots spread by `redis-cli --cluster create`: masters only, or each master
+/// with one replica that takes over when it dies.
 pub struct Cluster {
     /// Every node's port, in start order (killed ones included).
     pub ports: Vec<u16>,
@@ -120,7 +142,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Masters only.
     pub async fn start(masters: usize) -> Self {
+        Self::start_with_replicas(masters, 0).await
+    }
+
+    /// `masters` masters, each with `replicas` replicas.
+    pub async fn start_with_replicas(masters: usize, replicas: usize) -> Self {
         assert!(
             masters >= 3,
             "redis-cli --cluster create needs at least 3 masters"
@@ -129,7 +157,7 @@ impl Cluster {
         let mut taken = HashSet::new();
         let mut children = BTreeMap::new();
         let mut ports = Vec::new();
-        for _ in 0..masters {
+        for _ in 0..masters * (1 + replicas) {
             let d = dir.path().to_path_buf();
             let (port, child) = spawn_server(&mut taken, |port, taken| {
                 let bus = fresh_port(taken);
@@ -164,7 +192,7 @@ impl Cluster {
         let out = tokio::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .await
@@ -181,7 +209,7 @@ impl Cluster {
             children,
             _dir: dir,
         };
-        let n = masters.to_string();
+        let n = (masters * (1 + replicas)).to_string();
         for &port in &cluster.ports {
             let n = n.clone();
             eventually_within(TOPOLOGY_WAIT, "every node to see the cluster ok", || {
@@ -193,6 +221,16 @@ impl Cluster {
                         && info_field(&info, "cluster_known_nodes") == Some(n.as_str()))
                     .then_some(())
                 }
+            })
+            .await;
+        }
+        // A replica can take over only once it has synced with its master.
+        for &port in &cluster.ports {
+            eventually_within(TOPOLOGY_WAIT, "every replica to sync", || async move {
+                let info = info(port, "replication").await?;
+                let role = info_field(&info, "role")?;
+                (role == "master" || info_field(&info, "master_link_status") == Some("up"))
+                    .then_some(())
             })
             .await;
         }
@@ -226,7 +264,17 @@ impl Cluster {
 
     /// The port of the master that owns `key`'s slot (a key or a shard channel).
     pub async fn owner_of(&self, key: &str) -> u16 {
-        let slot = i64::from(self.slot_of(key).await);
+        let slot = self.slot_of(key).await;
+        self.slot_ranges()
+            .await
+            .into_iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .map(|(_, _, owner)| owner)
+            .unwrap_or_else(|| panic!("no node owns slot {slot}"))
+    }
+
+    /// `CLUSTER SLOTS` as (first slot, last slot, the master's port).
+    async fn slot_ranges(&self) -> Vec<(u16, u16, u16)> {
         let mut c = conn(self.any_live()).await;
         let slots: Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
@@ -236,45 +284,56 @@ impl Cluster {
         let Value::Array(ranges) = slots else {
             panic!("CLUSTER SLOTS: {slots:?}");
         };
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => u16::try_from(*n).unwrap(),
+            other => panic!("CLUSTER SLOTS entry: {other:?}"),
+        };
+        let mut out = Vec::new();
         for range in ranges {
             let Value::Array(r) = range else { continue };
-            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
-                (r.first(), r.get(1), r.get(2))
-            else {
-                continue;
+            let Some(Value::Array(master)) = r.get(2) else {
+                panic!("CLUSTER SLOTS range: {r:?}");
             };
-            if (*start..=*end).contains(&slot) {
-                match master.get(1) {
-                    Some(Value::Int(port)) => return u16::try_from(*port).unwrap(),
-                    other => panic!("CLUSTER SLOTS node entry: {other:?}"),
-                }
-            }
+            out.push((int(r.first()), int(r.get(1)), int(master.get(1))));
         }
-        panic!("no node owns slot {slot}");
+        out
     }
 
-    /// Moves `key`'s slot to the master at `to`, as `redis-cli --cluster reshard` does for each
-    /// slot: IMPORTING on the target, MIGRATING on the source, then NODE everywhere (the slot
-    /// holds no keys to migrate in these tests).
-    pub async fn move_slot_of(&self, key: &str, to: u16) {
-        let slot = self.slot_of(key).await;
-        let from = self.owner_of(key).await;
+    /// The lowest slot the master at `port` owns: the one `redis-cli --cluster reshard` takes
+    /// first from it.
+    pub async fn first_slot_of(&self, port: u16) -> u16 {
+        let mut first = None;
+        for (start, _, owner) in self.slot_ranges().await {
+            if owner == port {
+                first = Some(first.map_or(start, |f: u16| f.min(start)));
+            }
+        }
+        first.unwrap_or_else(|| panic!("{port} owns no slot"))
+    }
+
+    /// Moves `slots` slots from the master at `from` to the master at `to` with
+    /// `redis-cli --cluster reshard`, which takes the lowest slots of `from` first.
+    pub async fn reshard(&self, from: u16, to: u16, slots: usize) {
         let id = |port: u16| async move {
             query::<String>(port, redis::cmd("CLUSTER").arg("MYID"))
                 .await
                 .expect("CLUSTER MYID")
         };
         let (from_id, to_id) = (id(from).await, id(to).await);
-        let setslot = |port: u16, args: Vec<String>| async move {
-            let mut cmd = redis::cmd("CLUSTER");
-            cmd.arg("SETSLOT").arg(slot).arg(args);
-            let _: () = query(port, &cmd).await.expect("CLUSTER SETSLOT");
-        };
-        setslot(to, vec!["IMPORTING".into(), from_id]).await;
-        setslot(from, vec!["MIGRATING".into(), to_id.clone()]).await;
-        for port in self.live_ports() {
-            setslot(port, vec!["NODE".into(), to_id.clone()]).await;
-        }
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A running node that does not own `key`'s slot.
@@ -284,6 +343,29 @@ impl Cluster {
             .into_iter()
             .find(|&p| p != owner)
             .expect("a second node")
+    }
+
+    /// Waits until `port` is a master that owns slots (a replica promoted after its master died).
+    pub async fn wait_owner(&self, port: u16) {
+        eventually_within(TOPOLOGY_WAIT, "the replica to be promoted", || async move {
+            let owns = self.slot_ranges().await.iter().any(|r| r.2 == port);
+            let info: String = query(port, redis::cmd("CLUSTER").arg("INFO")).await?;
+            (owns && info_field(&info, "cluster_state") == Some("ok")).then_some(())
+        })
+        .await;
+    }
+
+    /// The replica of the master at `port`.
+    pub async fn replica_of(&self, port: u16) -> u16 {
+        for p in self.live_ports() {
+            let Some(info) = info(p, "replication").await else {
+                continue;
+            };
+            if info_field(&info, "master_port") == Some(port.to_string().as_str()) {
+                return p;
+            }
+        }
+        panic!("no replica of {port}");
     }
 
     /// SIGKILLs one node.
