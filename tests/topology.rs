@@ -201,7 +201,7 @@ const LOST_SHUTDOWN: &str = "refract_events_lost_total{route=\"/stream\",reason=
 
 /// The numbers of the `message` events heard on `input` on `port`, kept in `heard`; reconnects
 /// until the task is aborted (a subscriber on a replica hears the master's publishes too).
-fn listen(port: u16, heard: Arc<Mutex<HashSet<u64>>>) -> tokio::task::JoinHandle<()> {
+fn listen(port: u16, heard: Heard) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let subscribed = async {
@@ -219,13 +219,39 @@ fn listen(port: u16, heard: Arc<Mutex<HashSet<u64>>>) -> tokio::task::JoinHandle
                         serde_json::from_slice(msg.get_payload_bytes()).unwrap();
                     if event["type"] == "message" {
                         let n = event["message"].as_str().unwrap().parse().unwrap();
-                        heard.lock().unwrap().insert(n);
+                        heard.lock().unwrap().push((n, Instant::now()));
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
+}
+
+/// The numbers one listener heard, each with when.
+type Heard = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+fn numbers(heard: &Heard) -> HashSet<u64> {
+    heard.lock().unwrap().iter().map(|(n, _)| *n).collect()
+}
+
+/// Polls `ROLE` on `port` until it answers as a replica; the instant it was first seen so.
+fn watch_demotion(port: u16) -> (Arc<Mutex<Option<Instant>>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(None));
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let role: Option<Vec<redis::Value>> = query(port, &redis::cmd("ROLE")).await;
+            let is_replica = matches!(role.as_deref().and_then(<[_]>::first),
+                Some(redis::Value::BulkString(b)) if b.as_slice() == b"slave");
+            if is_replica {
+                *seen.lock().unwrap() = Some(Instant::now());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (out, task)
 }
 
 /// Sends a numbered stream through a gateway in sentinel mode while `fault` happens to the
@@ -242,8 +268,9 @@ async fn stream_through_a_failover(kill: bool) {
     let old_master = format!("refract_redis_master{{address=\"127.0.0.1:{old}\"}}");
     assert_eq!(gw.metric(&old_master).await, 1);
 
-    let heard = Arc::new(Mutex::new(HashSet::new()));
-    let listeners = [listen(old, heard.clone()), listen(new, heard.clone())];
+    let (on_old, on_new): (Heard, Heard) = Default::default();
+    let listeners = [listen(old, on_old.clone()), listen(new, on_new.clone())];
+    let (demoted, watcher) = watch_demotion(old);
     for port in [old, new] {
         eventually_within(
             Duration::from_secs(10),
@@ -280,7 +307,7 @@ async fn stream_through_a_failover(kill: bool) {
         Duration::from_secs(20),
         "every number delivered or counted as lost",
         || async {
-            let delivered = heard.lock().unwrap().len() as u64;
+            let delivered = (&numbers(&on_old) | &numbers(&on_new)).len() as u64;
             let lost = gw.metric(LOST_REDIS).await
                 + gw.metric(LOST_UNHEARD).await
                 + gw.metric(LOST_SHUTDOWN).await;
@@ -307,9 +334,33 @@ async fn stream_through_a_failover(kill: bool) {
     eventually_within(
         Duration::from_secs(10),
         "a message after the failover",
-        || async { heard.lock().unwrap().contains(&SENT).then_some(()) },
+        || async { numbers(&on_new).contains(&SENT).then_some(()) },
     )
     .await;
+    if !kill {
+        // No publish lands on the old master once it is a replica: everything heard there
+        // since came by replication from the new master, so it was heard there too.
+        let demoted = eventually_within(Duration::from_secs(20), "the old master demoted", || {
+            let at = *demoted.lock().unwrap();
+            async move { at }
+        })
+        .await;
+        let on_new = numbers(&on_new);
+        let stray: Vec<u64> = on_old
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, at)| *at > demoted && !on_new.contains(n))
+            .map(|(n, _)| *n)
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "published on the demoted master: {stray:?}"
+        );
+        let only_old = numbers(&on_old).difference(&on_new).count();
+        eprintln!("heard only on the old master (before its demotion): {only_old}");
+    }
+    watcher.abort();
     for l in listeners {
         l.abort();
     }
