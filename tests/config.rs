@@ -68,7 +68,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "[redis]\nurls = \"redis://x\"\n",
-        ": redis: unknown field `urls`, expected one of `mode`, `url`, `nodes`, `sentinels`, `master_name`, `username`, `password`, `response_channel`, `publishers`, `publish_queue`, `canary_interval`, `canary_timeout`, `command_timeout`, `max_reply_size`",
+        ": redis: unknown field `urls`, expected one of `mode`, `url`, `nodes`, `sentinels`, `master_name`, `username`, `password`, `tls_ca_file`, `tls_cert_file`, `tls_key_file`, `response_channel`, `publishers`, `publish_queue`, `canary_interval`, `canary_timeout`, `command_timeout`, `max_reply_size`",
     ),
     (
         with_route!("[routes.\"/q\"]\nmax_conections = 3\n"),
@@ -257,7 +257,7 @@ const CASES: &[(&str, &str)] = &[
     // [redis]
     (
         "[redis]\nurl = \"http://x\"\n",
-        ": redis.url: must start with redis:// or unix://",
+        ": redis.url: must start with redis://, rediss:// or unix://",
     ),
     (
         "[redis]\nurl = \"redis://x:port\"\n",
@@ -273,7 +273,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\", \"http://b\"]\n",
-        ": redis.nodes[1]: must start with redis:// or unix://",
+        ": redis.nodes[1]: must start with redis://, rediss:// or unix://",
     ),
     (
         "[redis]\nmode = \"sentinel\"\nmaster_name = \"m\"\n",
@@ -294,6 +294,30 @@ const CASES: &[(&str, &str)] = &[
     (
         "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\nmaster_name = \"m\"\n",
         ": redis.master_name: applies to mode = \"sentinel\" only",
+    ),
+    (
+        "[redis]\ntls_ca_file = \"ca.pem\"\n",
+        ": redis.tls_ca_file: applies to rediss:// URLs only",
+    ),
+    (
+        "[redis]\nurl = \"rediss://a:1\"\ntls_cert_file = \"c.pem\"\n",
+        ": redis.tls_key_file: tls_cert_file and tls_key_file go together",
+    ),
+    (
+        "[redis]\nurl = \"rediss://a:1\"\ntls_key_file = \"k.pem\"\n",
+        ": redis.tls_cert_file: tls_cert_file and tls_key_file go together",
+    ),
+    (
+        "[redis]\nurl = \"rediss://a:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+        ": redis.tls_ca_file: /nonexistent/ca.pem: No such file or directory (os error 2)",
+    ),
+    (
+        "[redis]\nmode = \"cluster\"\nnodes = [\"rediss://a:1\"]\ntls_ca_file = \"tests/keys/rsa_public.pem\"\n",
+        ": redis.tls_ca_file: tests/keys/rsa_public.pem: no PEM certificate",
+    ),
+    (
+        "[redis]\nurl = \"rediss://a:1\"\ntls_cert_file = \"tests/keys/rsa_public.pem\"\ntls_key_file = \"tests/keys/rsa_private.pem\"\n",
+        ": redis.tls_cert_file: tests/keys/rsa_public.pem: no PEM certificate",
     ),
     (
         "[redis]\npassword = \"p\"\n",

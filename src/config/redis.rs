@@ -1,8 +1,11 @@
 //! `[redis]`: which Redis (one server, a Sentinel-watched master, or a Cluster), where events are
 //! published and where replies come back.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use super::{Checked, ConfigError, check_name, ensure, nonzero, positive};
@@ -34,6 +37,13 @@ section! {
         /// Credentials for the master a sentinel names (its address carries none).
         pub username: Option<String> = None,
         pub password: Option<String> = None,
+        /// PEM file of the CA certificates that `rediss://` servers must chain to, instead of the
+        /// system's roots.
+        pub tls_ca_file: Option<PathBuf> = None,
+        /// A client certificate and its private key (PEM), for servers that ask for one
+        /// (mutual TLS, as `redis-server` does by default with `tls-auth-clients yes`).
+        pub tls_cert_file: Option<PathBuf> = None,
+        pub tls_key_file: Option<PathBuf> = None,
         /// Prefix of the per-node response channel `<response_channel>.<node_id>`.
         pub response_channel: String = "refract.responses".into(),
         /// Parallel publishing connections; each carries pipelined batches, and one connection's
@@ -95,6 +105,7 @@ impl RedisSettings {
         )?;
         only("username", !sentinel && self.username.is_some(), "sentinel")?;
         only("password", !sentinel && self.password.is_some(), "sentinel")?;
+        self.check_tls()?;
         check_name("redis.response_channel", &self.response_channel, 200)?;
         positive("redis.publishers", self.publishers)?;
         positive("redis.publish_queue", self.publish_queue)?;
@@ -105,14 +116,104 @@ impl RedisSettings {
     }
 }
 
+impl RedisSettings {
+    /// The URLs this mode connects to first (in sentinel mode the master is reached with the
+    /// sentinels' scheme).
+    fn urls(&self) -> &[String] {
+        match self.mode {
+            RedisMode::Standalone => std::slice::from_ref(&self.url),
+            RedisMode::Sentinel => &self.sentinels,
+            RedisMode::Cluster => &self.nodes,
+        }
+    }
+
+    /// Whether connections use TLS: the mode's URLs are `rediss://`.
+    pub fn tls(&self) -> bool {
+        self.urls().iter().any(|u| u.starts_with("rediss://"))
+    }
+
+    fn check_tls(&self) -> Checked {
+        let files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        for (key, file) in files {
+            let message = "applies to rediss:// URLs only";
+            ensure(
+                file.is_none() || self.tls(),
+                format!("redis.{key}"),
+                message,
+            )?;
+        }
+        let (cert, key) = (&self.tls_cert_file, &self.tls_key_file);
+        let pair = "tls_cert_file and tls_key_file go together";
+        ensure(cert.is_some() || key.is_none(), "redis.tls_cert_file", pair)?;
+        ensure(key.is_some() || cert.is_none(), "redis.tls_key_file", pair)?;
+        self.tls_certificates().map(drop)
+    }
+
+    /// What `rediss://` connections trust and present, read from the `tls_*` files; `None`
+    /// when none is set (the system's roots, no client certificate).
+    pub fn tls_certificates(&self) -> Result<Option<::redis::TlsCertificates>, ConfigError> {
+        if self.tls_ca_file.is_none() && self.tls_cert_file.is_none() {
+            return Ok(None);
+        }
+        let certs = |key: &str, path: &Path| {
+            let pem = read(key, path)?;
+            let found = CertificateDer::pem_slice_iter(&pem)
+                .filter(Result::is_ok)
+                .count();
+            ensure(
+                found > 0,
+                key,
+                format!("{}: no PEM certificate", path.display()),
+            )?;
+            Ok::<_, ConfigError>(pem)
+        };
+        let root_cert = match &self.tls_ca_file {
+            Some(path) => Some(certs("redis.tls_ca_file", path)?),
+            None => None,
+        };
+        let client_tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let client_cert = certs("redis.tls_cert_file", cert)?;
+                let client_key = read("redis.tls_key_file", key)?;
+                let message = format!("{}: no PEM private key", key.display());
+                let parsed = PrivateKeyDer::from_pem_slice(&client_key).is_ok();
+                ensure(parsed, "redis.tls_key_file", message)?;
+                Some(::redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(::redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+}
+
+fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))
+}
+
 fn check_urls(key: &str, urls: &[String]) -> Checked {
     let each = |(i, url): (usize, &String)| check_url(&format!("{key}[{i}]"), url);
     urls.iter().enumerate().try_for_each(each)
 }
 
 fn check_url(key: &str, url: &str) -> Checked {
-    let scheme = url.starts_with("redis://") || url.starts_with("unix://");
-    ensure(scheme, key, "must start with redis:// or unix://")?;
+    let scheme = ["redis://", "rediss://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    ensure(
+        scheme,
+        key,
+        "must start with redis://, rediss:// or unix://",
+    )?;
     ::redis::Client::open(url)
         .map(drop)
         .map_err(|e| ConfigError::new(key, format!("is not a valid Redis URL ({e})")))

@@ -35,13 +35,32 @@ pub struct Server {
 }
 
 impl Server {
-    fn open(url: &str, addr: &str, pool_size: usize) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
+    fn open(url: &str, addr: &str, pool_size: usize, tls: &Tls) -> Result<Self, RedisError> {
+        let client = tls.client(url)?;
         let addr = addr.to_string();
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(pool_size));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+        // The pool's connections are made like the client's, TLS settings included.
+        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .build()?;
         Ok(Self { client, pool, addr })
+    }
+}
+
+/// What `rediss://` connections trust and present (`redis.tls_*`); empty: the system's roots.
+#[derive(Clone, Default)]
+pub struct Tls(Option<redis::TlsCertificates>);
+
+impl Tls {
+    /// A client for `url`, with the configured certificates if it is `rediss://`.
+    pub fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        match &self.0 {
+            Some(certs) if url.starts_with("rediss://") => {
+                Ok(redis::Client::build_with_tls(url, certs.clone())?)
+            }
+            _ => Ok(redis::Client::open(url)?),
+        }
     }
 }
 
@@ -69,6 +88,7 @@ pub struct Redis {
     target: Target,
     timeout: Duration,
     pool_size: usize,
+    tls: Tls,
 }
 
 /// A connection a publishing worker keeps between batches.
@@ -84,9 +104,14 @@ impl Redis {
     pub fn open(settings: &RedisSettings) -> Result<Self, RedisError> {
         let timeout = settings.command_timeout;
         let pool_size = settings.publishers + 2;
+        if settings.tls() {
+            // rustls's one crypto provider; an error only means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let tls = Tls(settings.tls_certificates()?);
         let target = match settings.mode {
             RedisMode::Standalone => {
-                let server = Server::open(&settings.url, &settings.url, pool_size)?;
+                let server = Server::open(&settings.url, &settings.url, pool_size, &tls)?;
                 Target::Standalone(Arc::new(server))
             }
             RedisMode::Sentinel => Target::Sentinel(Followed {
@@ -95,7 +120,7 @@ impl Redis {
             }),
             RedisMode::Cluster => Target::Cluster(Box::new(Cluster {
                 seeds: settings.nodes.clone(),
-                commands: cluster_builder(&settings.nodes, timeout).build()?,
+                commands: cluster_builder(&settings.nodes, timeout, &tls).build()?,
                 conn: OnceCell::new(),
             })),
         };
@@ -103,7 +128,13 @@ impl Redis {
             target,
             timeout,
             pool_size,
+            tls,
         })
+    }
+
+    /// How `rediss://` connections are made (for the sentinel worker's own connections).
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     pub fn timeout(&self) -> Duration {
@@ -150,7 +181,7 @@ impl Redis {
         let Target::Sentinel(f) = &self.target else {
             return Err(RedisError::Unsupported("following a master"));
         };
-        let server = Arc::new(Server::open(url, addr, self.pool_size)?);
+        let server = Arc::new(Server::open(url, addr, self.pool_size, &self.tls)?);
         *f.current.write().unwrap() = Some(server);
         f.changes.send_modify(|n| *n += 1);
         Ok(())
@@ -264,7 +295,7 @@ impl Redis {
             match &self.target {
                 Target::Cluster(c) => {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                    let client = cluster_builder(&c.seeds, self.timeout)
+                    let client = cluster_builder(&c.seeds, self.timeout, &self.tls)
                         .use_protocol(redis::ProtocolVersion::RESP3)
                         .push_sender(tx)
                         .build()?;
@@ -291,10 +322,14 @@ impl Redis {
     }
 }
 
-fn cluster_builder(seeds: &[String], timeout: Duration) -> ClusterClientBuilder {
-    ClusterClientBuilder::new(seeds.to_vec())
+fn cluster_builder(seeds: &[String], timeout: Duration, tls: &Tls) -> ClusterClientBuilder {
+    let builder = ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(timeout)
-        .response_timeout(timeout)
+        .response_timeout(timeout);
+    match &tls.0 {
+        Some(certs) => builder.certs(certs.clone()),
+        None => builder,
+    }
 }
 
 /// A cluster pipeline must stay in one slot: one pipeline per slot, sent side by side, each

@@ -8,7 +8,9 @@ pub enum RedisError {
     #[error("{0}")]
     Pool(#[from] deadpool_redis::PoolError),
     #[error("cannot create the connection pool: {0}")]
-    CreatePool(#[from] deadpool_redis::CreatePoolError),
+    BuildPool(#[from] deadpool_redis::BuildError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("timed out {0}")]
     Timeout(&'static str),
     #[error("the connection closed")]

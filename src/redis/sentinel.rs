@@ -23,7 +23,7 @@ pub async fn run(gw: Arc<Gateway>) {
     let sentinels: Vec<redis::Client> = settings
         .sentinels
         .iter()
-        .filter_map(|url| redis::Client::open(url.as_str()).ok())
+        .filter_map(|url| gw.redis.tls().client(url).ok())
         .collect();
     let log = LogLimiter::new(Duration::from_secs(5));
     let mut switches: Option<PubSubStream> = None;
@@ -64,7 +64,8 @@ async fn check(gw: &Gateway, sentinels: &[redis::Client]) -> Result<(), RedisErr
         return Ok(());
     }
     let url = master_url(&addr, settings);
-    if !is_master(&url, settings.command_timeout).await? {
+    let client = gw.redis.tls().client(&url)?;
+    if !is_master(&client, settings.command_timeout).await? {
         tracing::info!(%addr, "the sentinels name a master that does not answer as one yet");
         return Ok(());
     }
@@ -99,9 +100,11 @@ async fn named_master(
     Err(last)
 }
 
-/// `redis://[user:password@]addr`, with the configured credentials.
+/// `redis://[user:password@]addr` (`rediss://` when the sentinels are), with the configured
+/// credentials.
 fn master_url(addr: &str, settings: &RedisSettings) -> String {
-    let mut url = url::Url::parse(&format!("redis://{addr}")).expect("host:port makes a URL");
+    let scheme = if settings.tls() { "rediss" } else { "redis" };
+    let mut url = url::Url::parse(&format!("{scheme}://{addr}")).expect("host:port makes a URL");
     if let Some(user) = &settings.username {
         let _ = url.set_username(user);
     }
@@ -111,9 +114,8 @@ fn master_url(addr: &str, settings: &RedisSettings) -> String {
     url.to_string()
 }
 
-async fn is_master(url: &str, timeout: Duration) -> Result<bool, RedisError> {
-    let client = redis::Client::open(url)?;
-    let role: Vec<redis::Value> = query(&client, &redis::cmd("ROLE"), timeout).await?;
+async fn is_master(client: &redis::Client, timeout: Duration) -> Result<bool, RedisError> {
+    let role: Vec<redis::Value> = query(client, &redis::cmd("ROLE"), timeout).await?;
     Ok(matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master"))
 }
 

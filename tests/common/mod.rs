@@ -5,6 +5,7 @@
 pub mod example;
 pub mod http_server;
 pub mod phx;
+pub mod tls;
 pub mod topology;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub fn free_port() -> u16 {
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments (TLS), kept for restarts.
+    args: Vec<String>,
 }
 
 impl Redis {
@@ -73,7 +76,22 @@ impl Redis {
     /// A handle for `port` with no server started yet.
     pub fn on_port(port: u16) -> Self {
         assert_ne!(port, 6379);
-        Self { port, child: None }
+        let args = Vec::new();
+        Self {
+            port,
+            child: None,
+            args,
+        }
+    }
+
+    /// A server that also takes TLS connections on `tls_port`, with `certs`' server certificate,
+    /// and asks TLS clients for a certificate signed by `certs`' CA. The plain port stays open
+    /// for the tests' own connections.
+    pub async fn start_tls(certs: &tls::TestCerts, tls_port: u16) -> Self {
+        let mut r = Self::on_port(free_port());
+        r.args = certs.server_args(tls_port);
+        r.restart().await;
+        r
     }
 
     pub fn url(&self) -> String {
@@ -86,6 +104,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
