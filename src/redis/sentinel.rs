@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::PubSubStream;
+use redis::aio::{MultiplexedConnection, PubSubStream};
 
 use crate::Gateway;
 use crate::config::RedisSettings;
@@ -20,15 +20,16 @@ use crate::redis::error::RedisError;
 
 pub async fn run(gw: Arc<Gateway>) {
     let settings = &gw.settings.redis;
-    let sentinels: Vec<redis::Client> = settings
+    let mut sentinels: Vec<Link> = settings
         .sentinels
         .iter()
         .filter_map(|url| gw.redis.tls().client(url).ok())
+        .map(|client| Link { client, conn: None })
         .collect();
     let log = LogLimiter::new(Duration::from_secs(5));
     let mut switches: Option<PubSubStream> = None;
     loop {
-        if let Err(e) = check(&gw, &sentinels).await
+        if let Err(e) = check(&gw, &mut sentinels).await
             && log.allow()
         {
             tracing::warn!(error = %e, "cannot find the Redis master through the sentinels");
@@ -50,8 +51,40 @@ pub async fn run(gw: Arc<Gateway>) {
     }
 }
 
+/// A server (a sentinel), and the connection kept to it between polls, made again after a
+/// failure.
+struct Link {
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+}
+
+impl Link {
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<T, RedisError> {
+        let client = &self.client;
+        let conn = &mut self.conn;
+        let run = async {
+            if conn.is_none() {
+                *conn = Some(client.get_multiplexed_async_connection().await?);
+            }
+            let c = conn.as_mut().expect("just made");
+            Ok::<T, RedisError>(cmd.query_async(c).await?)
+        };
+        let result = tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(RedisError::Timeout("asking a sentinel or the master")));
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
 /// Asks the sentinels for the master and follows it if it is new and really a master.
-async fn check(gw: &Gateway, sentinels: &[redis::Client]) -> Result<(), RedisError> {
+async fn check(gw: &Gateway, sentinels: &mut [Link]) -> Result<(), RedisError> {
     let settings = &gw.settings.redis;
     let (host, port) = named_master(sentinels, settings).await?;
     let addr = if host.contains(':') {
@@ -65,7 +98,7 @@ async fn check(gw: &Gateway, sentinels: &[redis::Client]) -> Result<(), RedisErr
     }
     let url = master_url(&addr, settings);
     let client = gw.redis.tls().client(&url)?;
-    if !is_master(&client, settings.command_timeout).await? {
+    if !is_master(client, settings.command_timeout).await? {
         tracing::info!(%addr, "the sentinels name a master that does not answer as one yet");
         return Ok(());
     }
@@ -83,7 +116,7 @@ async fn check(gw: &Gateway, sentinels: &[redis::Client]) -> Result<(), RedisErr
 
 /// The first answer of `SENTINEL get-master-addr-by-name`, asking the sentinels in turn.
 async fn named_master(
-    sentinels: &[redis::Client],
+    sentinels: &mut [Link],
     settings: &RedisSettings,
 ) -> Result<(String, u16), RedisError> {
     let name = settings.master_name.as_deref().unwrap_or_default();
@@ -91,7 +124,10 @@ async fn named_master(
     cmd.arg("get-master-addr-by-name").arg(name);
     let mut last = RedisError::NoMaster;
     for sentinel in sentinels {
-        match query::<Option<(String, u16)>>(sentinel, &cmd, settings.command_timeout).await {
+        match sentinel
+            .query::<Option<(String, u16)>>(&cmd, settings.command_timeout)
+            .await
+        {
             Ok(Some(addr)) => return Ok(addr),
             Ok(None) => {}
             Err(e) => last = e,
@@ -114,30 +150,18 @@ fn master_url(addr: &str, settings: &RedisSettings) -> String {
     url.to_string()
 }
 
-async fn is_master(client: &redis::Client, timeout: Duration) -> Result<bool, RedisError> {
-    let role: Vec<redis::Value> = query(client, &redis::cmd("ROLE"), timeout).await?;
+/// Whether the server answers `ROLE` as a master (one connection, made for the question).
+async fn is_master(client: redis::Client, timeout: Duration) -> Result<bool, RedisError> {
+    let mut link = Link { client, conn: None };
+    let role: Vec<redis::Value> = link.query(&redis::cmd("ROLE"), timeout).await?;
     Ok(matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master"))
 }
 
-async fn query<T: redis::FromRedisValue>(
-    client: &redis::Client,
-    cmd: &redis::Cmd,
-    timeout: Duration,
-) -> Result<T, RedisError> {
-    let run = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        Ok(cmd.query_async(&mut conn).await?)
-    };
-    tokio::time::timeout(timeout, run)
-        .await
-        .unwrap_or(Err(RedisError::Timeout("asking a sentinel")))
-}
-
 /// A subscription to `+switch-master` on the first sentinel that takes it.
-async fn watch_switches(sentinels: &[redis::Client], timeout: Duration) -> Option<PubSubStream> {
+async fn watch_switches(sentinels: &[Link], timeout: Duration) -> Option<PubSubStream> {
     for sentinel in sentinels {
         let subscribed = async {
-            let mut pubsub = sentinel.get_async_pubsub().await.ok()?;
+            let mut pubsub = sentinel.client.get_async_pubsub().await.ok()?;
             pubsub.subscribe("+switch-master").await.ok()?;
             Some(pubsub.into_on_message())
         };
