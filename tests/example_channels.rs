@@ -5,6 +5,7 @@
 mod common;
 
 use common::example::Example;
+use common::topology::Cluster;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -129,6 +130,71 @@ async fn the_python_channels_example_answers_says_and_ticks() {
 
     backend.stop().await;
     // Leave as a browser tab does, so the gateway stops without waiting out its grace period.
+    phx.ws.ws.close(None).await.unwrap();
+    let drained = tokio::time::timeout(WAIT, async { while phx.ws.ws.next().await.is_some() {} });
+    drained.await.expect("the gateway completes the close");
+    gw.stop().await;
+}
+
+/// The `[redis]` keys of a gateway in cluster mode, seeded with every node of `cluster`.
+fn cluster_keys(cluster: &Cluster) -> String {
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    format!("mode = \"cluster\"\nnodes = [{}]", seeds.join(", "))
+}
+
+#[tokio::test]
+async fn the_python_channels_example_answers_says_and_ticks_through_a_cluster() {
+    let cluster = Cluster::start(3).await;
+    let gw = Gateway::start_with_redis(&cluster_keys(&cluster), CHANNELS, "").await;
+    gw.wait_ready().await;
+
+    let seeds = cluster.seeds().join(",");
+    let backend = Example::start(
+        "channels_backend.py",
+        &["--cluster", &seeds, "--interval", "0.2"],
+        "channels_backend ready",
+    )
+    .await;
+
+    let user = format!("user-{}", free_port());
+    let token = fetch_token(&gw, &user).await;
+    let ws = Client::connect(&format!(
+        "ws://{}/socket/websocket?token={token}&vsn=2.0.0",
+        gw.addr
+    ))
+    .await;
+    let mut phx = Phx { ws, next_ref: 0 };
+    let join_ref = phx.make_ref();
+    let join = json!([join_ref, join_ref, "room:lobby", "phx_join", {}]);
+    phx.ws.send(&join.to_string()).await;
+    let reply = phx.recv_event("phx_reply").await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    let state = phx.recv_event("presence_state").await;
+    assert_eq!(
+        state[4][&user]["metas"].as_array().map(Vec::len),
+        Some(1),
+        "{state}"
+    );
+
+    // The push goes out on from:{room:lobby}:say, the answer comes back on to:{room:lobby} as
+    // `said:<payload>`: both only through sharded pub/sub.
+    phx.send(Some(&join_ref), "room:lobby", "say", json!({"text": "hi"}))
+        .await;
+    let said = phx.recv_event("said").await;
+    assert_eq!(
+        (&said[0], &said[1], &said[2]),
+        (&json!(join_ref), &Value::Null, &json!("room:lobby"))
+    );
+    assert_eq!(said[4]["text"], "hi", "{said}");
+    assert!(
+        said[4]["at"].as_str().is_some_and(|at| at.contains('T')),
+        "{said}"
+    );
+
+    let tick = phx.recv_event("tick").await;
+    assert!(tick[4]["n"].as_u64().is_some_and(|n| n >= 1), "{tick}");
+
+    backend.stop().await;
     phx.ws.ws.close(None).await.unwrap();
     let drained = tokio::time::timeout(WAIT, async { while phx.ws.ws.next().await.is_some() {} });
     drained.await.expect("the gateway completes the close");

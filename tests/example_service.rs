@@ -4,6 +4,7 @@
 mod common;
 
 use common::example::Example;
+use common::topology::Cluster;
 use common::*;
 use serde_json::Value;
 
@@ -96,6 +97,91 @@ async fn the_python_news_example_answers_events_and_polls() {
         (Some("headline"), Some("tech"))
     );
     client.send("bye").await;
+    assert_eq!(client.recv_close_after_text().await, 1000);
+    service.stop().await;
+    gw.stop().await;
+}
+
+/// The routes of docs/examples/refract-cluster.toml, the config docker-compose.yml's cluster
+/// profile mounts, after checking that the file is valid as it is and in cluster mode.
+fn compose_cluster_routes() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/refract-cluster.toml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let settings = refract::Settings::from_toml(&text).expect("refract-cluster.toml is valid");
+    assert_eq!(settings.redis.mode, refract::config::RedisMode::Cluster);
+    let start = text
+        .find("[routes.")
+        .expect("the cluster example has routes");
+    text[start..].to_string()
+}
+
+/// The `[redis]` keys of a gateway in cluster mode, seeded with every node of `cluster`.
+fn cluster_keys(cluster: &Cluster) -> String {
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    format!("mode = \"cluster\"\nnodes = [{}]", seeds.join(", "))
+}
+
+#[tokio::test]
+async fn the_python_quotes_example_serves_the_example_route_through_a_cluster() {
+    let cluster = Cluster::start(3).await;
+    let seeds = cluster.seeds().join(",");
+    let service = Example::start(
+        "quotes_service.py",
+        &["--cluster", &seeds, "--interval", "0.2"],
+        "quotes_service ready",
+    )
+    .await;
+
+    // A node whose response channel is owned by another master than the request channel, so
+    // every request and its reply cross two shards.
+    let request_owner = cluster.owner_of("input").await;
+    let mut node_id = String::new();
+    for n in 0.. {
+        node_id = format!("quotes-{n}");
+        let owner = cluster
+            .owner_of(&format!("refract.responses.{node_id}"))
+            .await;
+        if owner != request_owner {
+            break;
+        }
+    }
+    let routes = compose_cluster_routes();
+    let gw = Gateway::start_node(&node_id, &cluster_keys(&cluster), &routes, "").await;
+    assert_ne!(
+        cluster.owner_of(&gw.response_channel()).await,
+        request_owner
+    );
+    gw.wait_ready().await;
+
+    let mut client = gw.ws("/quotes").await;
+    let welcome = next_kind(&mut client, true).await;
+    assert_eq!(welcome["kind"], "welcome");
+
+    client.send("ACME").await;
+    let quote = next_kind(&mut client, true).await;
+    assert_eq!(
+        (quote["kind"].as_str(), quote["symbol"].as_str()),
+        (Some("quote"), Some("ACME"))
+    );
+    assert!(quote["price"].is_number());
+
+    client.send("chart GLOBEX").await;
+    let chart = next_kind(&mut client, true).await;
+    assert_eq!(chart["kind"], "chart");
+    assert_eq!(chart["points"].as_array().unwrap().len(), 5);
+
+    // Ticks come on the service's own timer, SPUBLISHed to the gateway's response channel.
+    loop {
+        if next_kind(&mut client, false).await["kind"] == "tick" {
+            break;
+        }
+    }
+
+    client.send("bye").await;
+    assert_eq!(next_kind(&mut client, true).await["kind"], "bye");
     assert_eq!(client.recv_close_after_text().await, 1000);
     service.stop().await;
     gw.stop().await;

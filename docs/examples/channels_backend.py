@@ -16,6 +16,13 @@ docs/examples/channels.html is a page to try it with.
 
     pip install -r docs/examples/requirements.txt
     python docs/examples/channels_backend.py --redis-url redis://127.0.0.1:6379
+
+Against a Redis Cluster (refract with `[redis] mode = "cluster"`), name some of its nodes instead.
+The names change there: a topic has one sharded channel `to:{room:lobby}` whose messages are
+`<event>:<payload>`, and pushes come on `from:{room:lobby}:say`. Sharded pub/sub has no patterns,
+so the topics to serve are named (--topics, default room:lobby):
+
+    python docs/examples/channels_backend.py --cluster redis://10.0.0.1:6379,redis://10.0.0.2:6379
 """
 
 from __future__ import annotations
@@ -28,11 +35,14 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -49,17 +59,51 @@ class BadMessage(ValueError):
     """A client push that is not shaped as this backend expects."""
 
 
+class SlotMoved(Exception):
+    """The cluster moved a channel's slot to another node, which unsubscribes us from it."""
+
+
+# What ends a session, to start another after a backoff. A cluster adds its own: no seed
+# answers (RedisClusterException), a slot has no master (ClusterError), a slot moved
+# (AskError covers MOVED, and SlotMoved).
+REDIS_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterException,
+    ClusterError,
+    AskError,
+    SlotMoved,
+)
+
+Client = redis.Redis | RedisCluster
+
+
 def split_channel(channel: str) -> tuple[str, str]:
-    """`from:room:lobby:say` -> (`room:lobby`, `say`)."""
+    """`from:room:lobby:say` -> (`room:lobby`, `say`); in a cluster, `from:{room:lobby}:say`."""
     rest = channel.removeprefix("from:")
     topic, sep, event = rest.rpartition(":")
+    if topic.startswith("{") and topic.endswith("}"):
+        topic = topic[1:-1]  # the cluster's hash tag, which keeps a topic's channels in one slot
     if rest == channel or not sep or not topic or not event:
         raise BadMessage(f"not a from:<topic>:<event> channel: {channel!r}")
     return topic, event
 
 
-def on_push(channel: str, data: bytes) -> tuple[str, str] | None:
-    """One client push in, at most one (channel, payload) to publish out. Pure: no I/O."""
+def pushes_of(topic: str, event: str) -> str:
+    """The sharded channel a cluster's gateway publishes `event` pushes of `topic` on."""
+    return f"from:{{{topic}}}:{event}"
+
+
+def to_topic(topic: str, event: str, payload: str, *, cluster: bool) -> tuple[str, str]:
+    """The (channel, message) that has the gateway push `event` to every socket on `topic`."""
+    if cluster:
+        # No patterns in sharded pub/sub: one channel per topic, the event inside the message.
+        return f"to:{{{topic}}}", f"{event}:{payload}"
+    return f"to:{topic}:{event}", payload
+
+
+def on_push(channel: str, data: bytes, *, cluster: bool = False) -> tuple[str, str] | None:
+    """One client push in, at most one (channel, message) to publish out. Pure: no I/O."""
     topic, event = split_channel(channel)
     if event != "say":
         log.info("ignoring event %r on %s", event, topic)
@@ -71,54 +115,117 @@ def on_push(channel: str, data: bytes) -> tuple[str, str] | None:
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
         raise BadMessage('payload is not {"text": string}')
     said = {"text": payload["text"], "at": datetime.now(UTC).isoformat(timespec="milliseconds")}
-    return f"to:{topic}:said", json.dumps(said)
+    return to_topic(topic, "said", json.dumps(said), cluster=cluster)
 
 
-async def listen(pubsub: PubSub, client: redis.Redis, on_subscribed: Callable[[], None]) -> None:
-    await pubsub.psubscribe(PATTERN)
-    async for msg in pubsub.listen():
-        if msg["type"] == "psubscribe":
-            # Ready only once Redis confirms: a push published before that is lost.
-            on_subscribed()
-            continue
-        if msg["type"] != "pmessage":
-            continue
-        channel = msg["channel"].decode(errors="replace")
-        try:
-            out = on_push(channel, msg["data"])
-        except BadMessage as err:
-            log.warning("dropping bad message on %s: %s: %.200r", channel, err, msg["data"])
-            continue
-        if out is not None:
-            await client.publish(*out)
+async def publish(client: Client, channel: str, message: str) -> None:
+    # In a cluster the gateway listens with SSUBSCRIBE, which only SPUBLISH reaches.
+    if isinstance(client, RedisCluster):
+        await client.spublish(channel, message)
+    else:
+        await client.publish(channel, message)
 
 
-async def tick(client: redis.Redis, interval: float) -> None:
+async def handle(client: Client, channel: bytes, data: bytes) -> None:
+    name = channel.decode(errors="replace")
+    try:
+        out = on_push(name, data, cluster=isinstance(client, RedisCluster))
+    except BadMessage as err:
+        log.warning("dropping bad message on %s: %s: %.200r", name, err, data)
+        return
+    if out is not None:
+        await publish(client, *out)
+
+
+async def listen(client: redis.Redis, on_subscribed: Callable[[], None]) -> None:
+    async with client.pubsub() as pubsub:
+        await pubsub.psubscribe(PATTERN)
+        async for msg in pubsub.listen():
+            if msg["type"] == "psubscribe":
+                # Ready only once Redis confirms: a push published before that is lost.
+                on_subscribed()
+            elif msg["type"] == "pmessage":
+                await handle(client, msg["channel"], msg["data"])
+
+
+async def listen_sharded(
+    client: RedisCluster, topics: Iterable[str], on_subscribed: Callable[[], None]
+) -> None:
+    """listen() for a Redis Cluster: SSUBSCRIBE to each topic's `say` pushes, on their node.
+
+    One pubsub per channel: a redis-py ClusterPubSub reads its nodes one after the other, so a
+    blocking read on one would starve a channel on another.
+    """
+    channels = [pushes_of(topic, "say") for topic in topics]
+    wanted = {channel.encode() for channel in channels}
+    confirmed: set[bytes] = set()
+
+    async def listen_one(channel: str) -> None:
+        async with client.pubsub() as pubsub:
+            await pubsub.ssubscribe(channel)
+            while True:
+                msg = await pubsub.get_sharded_message(timeout=None)
+                kind = msg["type"] if msg else None
+                if kind == "ssubscribe":
+                    # Ready once every channel is confirmed, as in listen().
+                    confirmed.add(msg["channel"])
+                    if confirmed == wanted:
+                        on_subscribed()
+                elif kind == "sunsubscribe":
+                    # Resharding or a failover moved the slot; redis-py does not follow it, so
+                    # start over from a fresh view of the slots.
+                    raise SlotMoved(f"the slot of {channel} moved")
+                elif kind == "smessage":
+                    await handle(client, msg["channel"], msg["data"])
+
+    await first_to_finish(*(listen_one(channel) for channel in channels))
+
+
+async def tick(client: Client, interval: float) -> None:
     n = 0
+    cluster = isinstance(client, RedisCluster)
     while True:
         await asyncio.sleep(interval)
         n += 1
-        await client.publish(f"to:{TICK_TOPIC}:tick", json.dumps({"n": n}))
+        await publish(client, *to_topic(TICK_TOPIC, "tick", json.dumps({"n": n}), cluster=cluster))
+
+
+async def first_to_finish(*jobs: Awaitable[Any]) -> None:
+    """Runs jobs until one ends, cancels the others, and re-raises what the first raised."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # re-raise a Redis error so the caller reconnects
 
 
 async def run_session(
-    client: redis.Redis, interval: float, stop: asyncio.Event, on_subscribed: Callable[[], None]
+    client: Client, args: argparse.Namespace, stop: asyncio.Event, on_subscribed: Callable[[], None]
 ) -> None:
-    """Serve over one pub/sub connection until stopped or Redis fails."""
-    async with client.pubsub() as pubsub:
-        tasks = [
-            asyncio.create_task(listen(pubsub, client, on_subscribed)),
-            asyncio.create_task(tick(client, interval)),
-            asyncio.create_task(stop.wait()),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()  # re-raise a Redis error so the caller reconnects
+    """Serve over one client's connections until stopped or Redis fails."""
+    if isinstance(client, RedisCluster):
+        listener = listen_sharded(client, args.topics, on_subscribed)
+    else:
+        listener = listen(client, on_subscribed)
+    await first_to_finish(listener, tick(client, args.interval), stop.wait())
+
+
+def connect(args: argparse.Namespace) -> Client:
+    if not args.cluster:
+        return redis.Redis.from_url(args.redis_url, socket_keepalive=True)
+    seeds = [urlsplit(url) for url in args.cluster]
+    nodes = [ClusterNode(seed.hostname, seed.port or 6379) for seed in seeds]
+    # The first seed's credentials, if any, are the cluster's.
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=seeds[0].username,
+        password=seeds[0].password,
+        socket_keepalive=True,
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -127,32 +234,35 @@ async def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    client = redis.Redis.from_url(args.redis_url, socket_keepalive=True)
     announced = False
     backoff = INITIAL_BACKOFF_SECONDS
+    if args.cluster:
+        subscriptions = ", ".join(pushes_of(topic, "say") for topic in args.topics)
+    else:
+        subscriptions = PATTERN
 
     def on_subscribed() -> None:
         nonlocal announced, backoff
         backoff = INITIAL_BACKOFF_SECONDS
         if announced:
-            log.info("re-subscribed to %s", PATTERN)
+            log.info("re-subscribed to %s", subscriptions)
             return
         announced = True
         print("channels_backend ready", flush=True)  # a test harness waits for this line
 
-    try:
-        while not stop.is_set():
+    while not stop.is_set():
+        try:
+            # A new client per session: in a cluster, entering it reads afresh which node owns
+            # which slot.
+            async with connect(args) as client:
+                await run_session(client, args, stop, on_subscribed)
+        except REDIS_UNAVAILABLE as err:
+            log.warning("redis unavailable (%s); retrying in %.1fs", err, backoff)
             try:
-                await run_session(client, args.interval, stop, on_subscribed)
-            except (RedisConnectionError, RedisTimeoutError) as err:
-                log.warning("redis unavailable (%s); retrying in %.1fs", err, backoff)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-    finally:
-        await client.aclose()
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
     log.info("stopped")
 
 
@@ -163,6 +273,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seed_urls(text: str) -> list[str]:
+    urls = [url.strip() for url in text.split(",") if url.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname:
+            raise argparse.ArgumentTypeError(f"not a redis://host:port URL: {url!r}")
+    if not urls:
+        raise argparse.ArgumentTypeError("needs at least one redis://host:port URL")
+    return urls
+
+
+def topic_list(text: str) -> list[str]:
+    topics = [topic.strip() for topic in text.split(",") if topic.strip()]
+    if not topics:
+        raise argparse.ArgumentTypeError("needs at least one topic")
+    return topics
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -171,12 +299,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Redis to use (default: $REDIS_URL or redis://127.0.0.1:6379)",
     )
     parser.add_argument(
+        "--cluster",
+        type=seed_urls,
+        metavar="URL,URL,...",
+        help="a Redis Cluster instead, from these seed nodes: sharded pub/sub "
+        '(SSUBSCRIBE, SPUBLISH), as refract\'s mode = "cluster" expects',
+    )
+    parser.add_argument(
+        "--topics",
+        type=topic_list,
+        metavar="TOPIC,...",
+        help=f"with --cluster: the topics to serve (default: {TICK_TOPIC})",
+    )
+    parser.add_argument(
         "--interval",
         type=positive_float,
         default=5.0,
         help=f"seconds between ticks on {TICK_TOPIC} (default: 5)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.topics and not args.cluster:
+        parser.error("--topics needs --cluster (standalone, every room:* topic is served)")
+    if args.cluster and not hasattr(RedisCluster, "pubsub"):
+        parser.error("--cluster needs redis-py 8 or newer: pip install -r requirements.txt")
+    args.topics = args.topics or [TICK_TOPIC]
+    return args
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ Run it next to refract (routes.example.toml already routes `/quotes` here):
 
     pip install -r docs/examples/requirements.txt
     python docs/examples/quotes_service.py --redis-url redis://127.0.0.1:6379
+
+Against a Redis Cluster (refract with `[redis] mode = "cluster"`), name some of
+its nodes instead; the service then uses sharded pub/sub, SSUBSCRIBE and
+SPUBLISH, as the gateway does (a plain SUBSCRIBE would hear nothing):
+
+    python docs/examples/quotes_service.py --cluster redis://10.0.0.1:6379,redis://10.0.0.2:6379
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ import random
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -72,6 +80,25 @@ log = logging.getLogger("quotes_service")
 
 class BadEvent(ValueError):
     """A published event that is not valid JSON or not shaped as the protocol says."""
+
+
+class SlotMoved(Exception):
+    """The cluster moved a channel's slot to another node, which unsubscribes us from it."""
+
+
+# What ends a session, to start another after a backoff. A cluster adds its own: no seed
+# answers (RedisClusterException), a slot has no master (ClusterError), a slot moved
+# (AskError covers MOVED, and SlotMoved).
+REDIS_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterException,
+    ClusterError,
+    AskError,
+    SlotMoved,
+)
+
+Client = redis.Redis | RedisCluster
 
 
 @dataclass(frozen=True)
@@ -241,16 +268,16 @@ def _reply(
     return Outgoing(conn_id, channel, json.dumps(payload, separators=(",", ":")))
 
 
-async def publish(
-    client: redis.Redis, backend: QuotesBackend, outgoing: Iterable[Outgoing]
-) -> None:
+async def publish(client: Client, backend: QuotesBackend, outgoing: Iterable[Outgoing]) -> None:
     batch = list(outgoing)
     if not batch:
         return
-    # One round trip however many clients a tick goes to.
+    # One round trip however many clients a tick goes to (in a cluster, one per node).
     async with client.pipeline(transaction=False) as pipe:
+        # In a cluster the gateway listens with SSUBSCRIBE, which only SPUBLISH reaches.
+        send = pipe.spublish if isinstance(client, RedisCluster) else pipe.publish
         for item in batch:
-            pipe.publish(item.channel, item.payload)
+            send(item.channel, item.payload)
         receivers = await pipe.execute()
     for item, count in zip(batch, receivers, strict=True):
         # Nobody subscribed to a response channel means that gateway node is
@@ -259,70 +286,136 @@ async def publish(
             backend.forget(item.conn_id)
 
 
+def confirmer(
+    channels: Iterable[str], on_subscribed: Callable[[], None]
+) -> Callable[[bytes], None]:
+    """Returns the callback for each subscribe confirmation: on_subscribed runs once all came.
+
+    Ready only once Redis confirms: a PUBLISH before that is lost. redis-py
+    re-subscribes by itself after a brief reconnect, which repeats these
+    confirmations; announce only the first set.
+    """
+    wanted = {channel.encode() for channel in channels}
+    confirmed: set[bytes] = set()
+
+    def confirm(channel: bytes) -> None:
+        if confirmed != wanted:
+            confirmed.add(channel)
+            if confirmed == wanted:
+                on_subscribed()
+
+    return confirm
+
+
+async def dispatch(
+    client: Client, backend: QuotesBackend, request_channel: str, channel: bytes, data: bytes
+) -> None:
+    try:
+        if channel == request_channel.encode():
+            await publish(client, backend, backend.on_request(data))
+        else:
+            backend.on_notify(data)
+    except BadEvent as err:
+        name = channel.decode(errors="replace")
+        log.warning("dropping bad event on %s: %s: %.200r", name, err, data)
+
+
 async def listen(
-    pubsub: PubSub,
     client: redis.Redis,
     backend: QuotesBackend,
     request_channel: str,
     on_subscribed: Callable[[], None],
 ) -> None:
-    request_key = request_channel.encode()
-    wanted = {request_key, NOTIFY_CHANNEL.encode()}
-    confirmed: set[bytes] = set()
-    await pubsub.subscribe(request_channel, NOTIFY_CHANNEL)
-
-    async for msg in pubsub.listen():
-        if msg["type"] == "subscribe":
-            # Ready only once Redis confirms: a PUBLISH before that is lost.
-            # redis-py re-subscribes by itself after a brief reconnect, which
-            # repeats these confirmations; announce only the first set.
-            if confirmed != wanted:
-                confirmed.add(msg["channel"])
-                if confirmed == wanted:
-                    on_subscribed()
-            continue
-        if msg["type"] != "message":
-            continue
-        try:
-            if msg["channel"] == request_key:
-                await publish(client, backend, backend.on_request(msg["data"]))
-            else:
-                backend.on_notify(msg["data"])
-        except BadEvent as err:
-            channel = msg["channel"].decode(errors="replace")
-            log.warning("dropping bad event on %s: %s: %.200r", channel, err, msg["data"])
+    channels = (request_channel, NOTIFY_CHANNEL)
+    confirm = confirmer(channels, on_subscribed)
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(*channels)
+        async for msg in pubsub.listen():
+            if msg["type"] == "subscribe":
+                confirm(msg["channel"])
+            elif msg["type"] == "message":
+                await dispatch(client, backend, request_channel, msg["channel"], msg["data"])
 
 
-async def tick(client: redis.Redis, backend: QuotesBackend, interval: float) -> None:
+async def listen_sharded(
+    client: RedisCluster,
+    backend: QuotesBackend,
+    request_channel: str,
+    on_subscribed: Callable[[], None],
+) -> None:
+    """listen() for a Redis Cluster: SSUBSCRIBE, each channel on the node that owns its slot.
+
+    One pubsub per channel: a redis-py ClusterPubSub reads its nodes one after
+    the other, so a blocking read on one would starve a channel on another.
+    """
+    channels = (request_channel, NOTIFY_CHANNEL)
+    confirm = confirmer(channels, on_subscribed)
+
+    async def listen_one(channel: str) -> None:
+        async with client.pubsub() as pubsub:
+            await pubsub.ssubscribe(channel)
+            while True:
+                msg = await pubsub.get_sharded_message(timeout=None)
+                kind = msg["type"] if msg else None
+                if kind == "ssubscribe":
+                    confirm(msg["channel"])
+                elif kind == "sunsubscribe":
+                    # Resharding or a failover moved the slot; redis-py does not
+                    # follow it, so start over from a fresh view of the slots.
+                    raise SlotMoved(f"the slot of {channel} moved")
+                elif kind == "smessage":
+                    await dispatch(client, backend, request_channel, msg["channel"], msg["data"])
+
+    await first_to_finish(*(listen_one(channel) for channel in channels))
+
+
+async def tick(client: Client, backend: QuotesBackend, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         await publish(client, backend, backend.on_tick())
 
 
+async def first_to_finish(*jobs: Awaitable[Any]) -> None:
+    """Runs jobs until one ends, cancels the others, and re-raises what the first raised."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # re-raise a Redis error so the caller reconnects
+
+
 async def run_session(
-    client: redis.Redis,
+    client: Client,
     backend: QuotesBackend,
     args: argparse.Namespace,
     stop: asyncio.Event,
     on_subscribed: Callable[[], None],
 ) -> None:
-    """Serve over one pub/sub connection until stopped or Redis fails."""
-    async with client.pubsub() as pubsub:
-        tasks = [
-            asyncio.create_task(
-                listen(pubsub, client, backend, args.request_channel, on_subscribed)
-            ),
-            asyncio.create_task(tick(client, backend, args.interval)),
-            asyncio.create_task(stop.wait()),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()  # re-raise a Redis error so the caller reconnects
+    """Serve over one client's connections until stopped or Redis fails."""
+    subscribe = listen_sharded if isinstance(client, RedisCluster) else listen
+    await first_to_finish(
+        subscribe(client, backend, args.request_channel, on_subscribed),
+        tick(client, backend, args.interval),
+        stop.wait(),
+    )
+
+
+def connect(args: argparse.Namespace) -> Client:
+    if not args.cluster:
+        return redis.Redis.from_url(args.redis_url, socket_keepalive=True)
+    seeds = [urlsplit(url) for url in args.cluster]
+    nodes = [ClusterNode(seed.hostname, seed.port or 6379) for seed in seeds]
+    # The first seed's credentials, if any, are the cluster's.
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=seeds[0].username,
+        password=seeds[0].password,
+        socket_keepalive=True,
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -331,7 +424,6 @@ async def main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    client = redis.Redis.from_url(args.redis_url, socket_keepalive=True)
     backend = QuotesBackend(Market())
     announced = False
     backoff = INITIAL_BACKOFF_SECONDS
@@ -346,19 +438,19 @@ async def main(args: argparse.Namespace) -> None:
         # A test harness waits for exactly this line on stdout.
         print("quotes_service ready", flush=True)
 
-    try:
-        while not stop.is_set():
-            try:
+    while not stop.is_set():
+        try:
+            # A new client per session: in a cluster, entering it reads afresh
+            # which node owns which slot.
+            async with connect(args) as client:
                 await run_session(client, backend, args, stop, on_subscribed)
-            except (RedisConnectionError, RedisTimeoutError) as err:
-                log.warning("redis unavailable (%s); retrying in %.1fs", err, backoff)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-    finally:
-        await client.aclose()
+        except REDIS_UNAVAILABLE as err:
+            log.warning("redis unavailable (%s); retrying in %.1fs", err, backoff)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
     log.info("stopped")
 
 
@@ -369,12 +461,30 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seed_urls(text: str) -> list[str]:
+    urls = [url.strip() for url in text.split(",") if url.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname:
+            raise argparse.ArgumentTypeError(f"not a redis://host:port URL: {url!r}")
+    if not urls:
+        raise argparse.ArgumentTypeError("needs at least one redis://host:port URL")
+    return urls
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"),
         help="Redis to use (default: $REDIS_URL or redis://127.0.0.1:6379)",
+    )
+    parser.add_argument(
+        "--cluster",
+        type=seed_urls,
+        metavar="URL,URL,...",
+        help="a Redis Cluster instead, from these seed nodes: sharded pub/sub "
+        '(SSUBSCRIBE, SPUBLISH), as refract\'s mode = "cluster" expects',
     )
     parser.add_argument(
         "--request-channel",
@@ -387,7 +497,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="seconds between price ticks pushed to every client (default: 1.0)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.cluster and not hasattr(RedisCluster, "pubsub"):
+        parser.error("--cluster needs redis-py 8 or newer: pip install -r requirements.txt")
+    return args
 
 
 if __name__ == "__main__":
