@@ -29,6 +29,16 @@ pub enum Refusal {
     Rejected(Rejection),
     /// Refused by a route's admission rules.
     Denied(Denied),
+    /// The admin page's credentials were missing or wrong; the challenge names the scheme
+    /// configured. Counted as [`Rejection::Unauthorized`].
+    Unauthorized(Challenge),
+}
+
+/// How the admin page wants to be asked (`WWW-Authenticate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    Bearer,
+    Basic,
 }
 
 impl From<Rejection> for Refusal {
@@ -48,6 +58,16 @@ impl Refusal {
         match self {
             Self::Rejected(r) => rejection_response(r),
             Self::Denied(d) => denied_response(d),
+            Self::Unauthorized(challenge) => {
+                let mut response = rejection_response(Rejection::Unauthorized);
+                let value = match challenge {
+                    Challenge::Bearer => "Bearer realm=\"refract admin\"",
+                    Challenge::Basic => "Basic realm=\"refract admin\", charset=\"UTF-8\"",
+                };
+                let headers = response.headers_mut();
+                headers.insert(hyper::header::WWW_AUTHENTICATE, value.parse().unwrap());
+                response
+            }
         }
     }
 }
@@ -73,6 +93,7 @@ fn rejection_response(rejection: Rejection) -> Response<Full<Bytes>> {
             "unsupported serializer: connect with vsn=2.0.0\n",
         ),
         Rejection::BadSocketToken => (StatusCode::FORBIDDEN, "invalid socket token\n"),
+        Rejection::Unauthorized => (StatusCode::UNAUTHORIZED, "credentials required\n"),
     };
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;

@@ -19,6 +19,7 @@
 //!   presence, the clock, the token endpoint.
 //! - [`redis`]: the one place that knows Redis: the client, the publisher, the response-channel
 //!   subscriber, the keys and scripts.
+//! - [`admin`]: the admin page and its JSON, for operators (off unless `[admin]`).
 //! - [`worker`]: the contract of long-lived workers, and the node's readiness.
 //! - [`metrics`]: every metric, registered in one place (prometheus-client), typed labels.
 //! - [`log`]: rate-limited logging, so a flood of bad input cannot flood the log.
@@ -36,6 +37,7 @@
 //! One [`CancellationToken`] goes down to every connection and worker; [`TaskTracker`]s wait
 //! for them, within `server.shutdown_grace`.
 
+pub mod admin;
 pub mod auth;
 pub mod backoff;
 pub mod channels;
@@ -95,6 +97,7 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// HTTP connections and WebSocket sessions; waited for on shutdown.
     pub tasks: TaskTracker,
+    pub started: std::time::Instant,
 }
 
 impl Gateway {
@@ -116,6 +119,22 @@ impl Gateway {
         } else {
             tracing::warn!("not ready: data plane through Redis is not working");
         }
+    }
+
+    /// What this node tells the others about itself (the value of its liveness key): its id,
+    /// connection counts, and when it said so (Unix ms).
+    pub fn stats(&self) -> String {
+        let routes: i64 = self
+            .metrics
+            .routes
+            .iter()
+            .map(|r| r.connections.get())
+            .sum();
+        let sockets = self.metrics.channels.sockets.get();
+        serde_json::json!({"node": self.node.as_str(), "connections": routes + sockets,
+                           "route_connections": routes, "sockets": sockets,
+                           "at": unix_ms()})
+        .to_string()
     }
 
     /// The node's shared state, from validated settings. Nothing connects yet; the publisher's
@@ -175,9 +194,16 @@ impl Gateway {
             per_ip: Arc::default(),
             shutdown,
             tasks: TaskTracker::new(),
+            started: std::time::Instant::now(),
         };
         Ok((Arc::new(gateway), commands))
     }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the Channels endpoint asks of its Redis bridge.
@@ -217,6 +243,14 @@ pub async fn run(
             let clock = channels::clock::run(gateway.clone(), system.datetime_interval);
             workers.spawn("clock", clock);
         }
+    }
+
+    let presence = gateway
+        .channels
+        .as_ref()
+        .is_some_and(|ch| ch.settings.presence.enabled);
+    if gateway.settings.admin.is_some() && !presence {
+        workers.spawn("heartbeat", admin::heartbeat(gateway.clone()));
     }
 
     http::serve::serve(listener, gateway.clone()).await;

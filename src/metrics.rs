@@ -5,6 +5,8 @@
 //! every series shows from the start at 0. Labels are configured route names or fixed codes, never
 //! user input; the encoder escapes `\`, `"` and newlines in label values.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::{self as enc, EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
@@ -105,6 +107,7 @@ label_enums! {
         TooManyConnections => "too_many_connections",
         UnsupportedSerializer => "unsupported_serializer",
         BadSocketToken => "bad_socket_token",
+        Unauthorized => "unauthorized",
     }
     /// The outcome of one request to a legacy HTTP service.
     HttpResult as "result" {
@@ -315,6 +318,10 @@ pub struct Metrics {
     pub subscriber_connects: Counter,
     pub canary_failures: Counter,
     pub publish_batches: Counter,
+    /// Events waiting in the publish queues; refreshed when metrics are collected.
+    pub publish_queued: Gauge,
+    /// The last canary's round trip through the response channel, in seconds.
+    pub canary_round_trip: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     resubscriptions: Box<[Counter]>,
     pub master_changes: Counter,
@@ -356,6 +363,10 @@ impl Metrics {
                 "Times the response-channel subscription was (re)established";
             canary_failures = "refract_canary_failures", "Canaries that did not come back in time";
             publish_batches = "refract_publish_batches", "Pipelined publish batches sent to Redis";
+            publish_queued = "refract_publish_queue_depth",
+                "Events waiting in the publish queues (all shards)";
+            canary_round_trip = "refract_canary_round_trip_seconds",
+                "The last canary's round trip through the response channel";
             resubscriptions = "refract_redis_resubscriptions",
                 "Subscriptions to Redis made again, by reason";
             master_changes = "refract_redis_master_changes",
@@ -395,6 +406,8 @@ impl Metrics {
             subscriber_connects,
             canary_failures,
             publish_batches,
+            publish_queued,
+            canary_round_trip,
             ready,
             resubscriptions: each(&resubscriptions, Resubscribe::ALL, |e| e),
             master_changes,

@@ -56,7 +56,7 @@ const CASES: &[(&str, &str)] = &[
     // Unknown keys, at each level.
     (
         "nodeid = \"a\"\n",
-        ": (file): unknown field `nodeid`, expected one of `node_id`, `server`, `redis`, `routes`, `channels`",
+        ": (file): unknown field `nodeid`, expected one of `node_id`, `server`, `redis`, `routes`, `channels`, `admin`",
     ),
     (
         "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
@@ -294,6 +294,50 @@ const CASES: &[(&str, &str)] = &[
     (
         "[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\nmaster_name = \"m\"\n",
         ": redis.master_name: applies to mode = \"sentinel\" only",
+    ),
+    (
+        "[admin]\n",
+        ": admin: needs token_env (or token), or username with password_env (or password): the admin page is never open",
+    ),
+    (
+        "[admin]\ntoken = \"short\"\n",
+        ": admin.token: must be at least 16 characters",
+    ),
+    (
+        "[admin]\ntoken = \"0123456789abcdef\"\ntoken_env = \"X\"\n",
+        ": admin.token: set admin.token or admin.token_env, not both",
+    ),
+    (
+        "[admin]\ntoken_env = \"REFRACT_TEST_UNSET_ADMIN_TOKEN\"\n",
+        ": admin.token_env: environment variable REFRACT_TEST_UNSET_ADMIN_TOKEN is not set",
+    ),
+    (
+        "[admin]\ntoken = \"0123456789abcdef\"\nusername = \"ops\"\n",
+        ": admin.username: use a token or a username and password, not both",
+    ),
+    (
+        "[admin]\nusername = \"ops\"\n",
+        ": admin.password_env: is required with admin.username (or admin.password)",
+    ),
+    (
+        "[admin]\npassword = \"0123456789abcdef\"\n",
+        ": admin.username: is required with a password",
+    ),
+    (
+        "[admin]\nusername = \"o:ps\"\npassword = \"0123456789abcdef\"\n",
+        ": admin.username: must be non-empty, without ':'",
+    ),
+    (
+        "[admin]\ntoken = \"0123456789abcdef\"\nmax_topics = 0\n",
+        ": admin.max_topics: must be greater than 0",
+    ),
+    (
+        "[admin]\ntoken = \"0123456789abcdef\"\n[routes.\"/admin\".services.s]\ntype = \"redis\"\nrequest_channel = \"c\"\n",
+        ": routes.\"/admin\": the admin page takes /admin when [admin] is configured",
+    ),
+    (
+        "[admin]\ntoken = \"0123456789abcdef\"\n[channels]\nendpoint = \"/admin/socket\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n",
+        ": channels.endpoint: the admin page takes /admin when [admin] is configured",
     ),
     (
         "[redis]\ntls_ca_file = \"ca.pem\"\n",

@@ -15,7 +15,8 @@ fn two_routes_one_service() -> Metrics {
 }
 
 /// Comment lines in order, and samples as (series, value) sorted by series. Asserts that every
-/// value is a plain integer and that every sample sits under its own family's `# TYPE` line.
+/// value is a plain integer (or, for a `_seconds` gauge, a number) and that every sample sits
+/// under its own family's `# TYPE` line.
 fn parse(text: &str) -> (Vec<&str>, Vec<(&str, i64)>) {
     let (mut comments, mut samples) = (Vec::new(), Vec::new());
     let mut family = "";
@@ -30,9 +31,11 @@ fn parse(text: &str) -> (Vec<&str>, Vec<(&str, i64)>) {
         let (series, value) = line.rsplit_once(' ').expect("sample has a value");
         let name = series.split('{').next().unwrap();
         assert_eq!(name, family, "{line} is outside its family");
-        let value = value
-            .parse()
-            .unwrap_or_else(|_| panic!("{line}: value is not a plain integer"));
+        let value = match name.ends_with("_seconds") {
+            true => value.parse::<f64>().map(|v| v as i64).ok(),
+            false => value.parse().ok(),
+        };
+        let value = value.unwrap_or_else(|| panic!("{line}: value is not a plain integer"));
         samples.push((series, value));
     }
     samples.sort_unstable();
@@ -207,6 +210,10 @@ const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_canary_failures_total counter
 # HELP refract_publish_batches_total Pipelined publish batches sent to Redis.
 # TYPE refract_publish_batches_total counter
+# HELP refract_publish_queue_depth Events waiting in the publish queues (all shards).
+# TYPE refract_publish_queue_depth gauge
+# HELP refract_canary_round_trip_seconds The last canary's round trip through the response channel.
+# TYPE refract_canary_round_trip_seconds gauge
 # HELP refract_redis_resubscriptions_total Subscriptions to Redis made again, by reason.
 # TYPE refract_redis_resubscriptions_total counter
 # HELP refract_redis_master_changes_total Times the sentinels named a new master and the node followed.
@@ -231,6 +238,7 @@ refract_admission_rejections_total{route="/quotes",reason="origin"}
 refract_admission_rejections_total{route="/quotes",reason="rate_limited"}
 refract_admission_rejections_total{route="/quotes",reason="too_many_connections"}
 refract_canary_failures_total
+refract_canary_round_trip_seconds
 refract_channels_closed_total{reason="client_closed"}
 refract_channels_closed_total{reason="connection_lost"}
 refract_channels_closed_total{reason="dropped_by_service"}
@@ -311,6 +319,7 @@ refract_http_rejections_total{reason="bad_upgrade"}
 refract_http_rejections_total{reason="not_found"}
 refract_http_rejections_total{reason="not_ready"}
 refract_http_rejections_total{reason="too_many_connections"}
+refract_http_rejections_total{reason="unauthorized"}
 refract_http_rejections_total{reason="unsupported_serializer"}
 refract_http_rejections_total{reason="upgrade_required"}
 refract_http_requests_total{route="/quotes",service="quoteservice",result="backing_off"}
@@ -326,6 +335,7 @@ refract_http_service_urls_backing_off{route="/quotes",service="quoteservice"}
 refract_notconnected_lost_total
 refract_notconnected_sent_total
 refract_publish_batches_total
+refract_publish_queue_depth
 refract_ready
 refract_redis_master_changes_total
 refract_redis_resubscriptions_total{reason="canary_missing"}

@@ -73,6 +73,15 @@ impl Hub {
         self.topics.contains_key(topic)
     }
 
+    /// Every topic with its number of local members (no member is copied).
+    pub fn topic_sizes(&self) -> Vec<(String, usize)> {
+        let sizes = self
+            .topics
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().len()));
+        sizes.collect()
+    }
+
     /// Every topic's local members, for re-writing presence after Redis recovers.
     pub fn snapshot(&self) -> Vec<(Topic, Vec<Member>)> {
         self.topics

@@ -159,20 +159,11 @@ pub async fn run(gw: Arc<Gateway>, ch: Arc<Channels>) {
 /// Refreshes this node's liveness, with its stats; false if Redis did not take it.
 async fn alive(gw: &Gateway, ch: &Channels) -> bool {
     let ttl_ms = ch.settings.presence.ttl.as_millis() as u64;
-    let stats = node_stats(gw);
+    let stats = gw.stats();
     let node = gw.node.as_str();
     store::set_alive(&gw.redis, node, &stats, ttl_ms)
         .await
         .is_ok()
-}
-
-/// What this node tells the others about itself (the value of its liveness key).
-fn node_stats(gw: &Gateway) -> String {
-    let routes: i64 = gw.metrics.routes.iter().map(|r| r.connections.get()).sum();
-    let sockets = gw.metrics.channels.sockets.get();
-    serde_json::json!({"node": gw.node.as_str(), "connections": routes + sockets,
-                       "route_connections": routes, "sockets": sockets})
-    .to_string()
 }
 
 /// Removes dead nodes' entries; with `own_past`, also every entry of this node id (at start-up,

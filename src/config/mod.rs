@@ -8,6 +8,7 @@
 //! - [`redis`]: `[redis]`, where events go and replies come back.
 //! - [`routes`]: `[routes."<path>"]`, services, admission, auth, rate limits.
 //! - [`channels`]: `[channels]`, the Phoenix Channels endpoint, presence, tokens.
+//! - [`admin`]: `[admin]`, the admin page and who may see it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,11 +35,13 @@ macro_rules! section {
     };
 }
 
+pub mod admin;
 pub mod channels;
 pub mod redis;
 pub mod routes;
 pub mod server;
 
+pub use admin::{ADMIN_PATHS, AdminSettings, Credentials};
 pub use channels::{
     ChannelsSettings, PresenceSettings, SystemTopicSettings, TokenEndpointSettings,
 };
@@ -79,6 +82,8 @@ pub struct Settings {
     pub routes: BTreeMap<String, RouteSettings>,
     /// The Phoenix Channels endpoint; absent = Channels off.
     pub channels: Option<ChannelsSettings>,
+    /// The admin page; absent = off.
+    pub admin: Option<AdminSettings>,
 }
 
 impl Settings {
@@ -127,6 +132,22 @@ impl Settings {
         }
         for (path, route) in &mut self.routes {
             route.validate(path)?;
+        }
+        if let Some(admin) = &mut self.admin {
+            admin.validate()?;
+            let endpoint = self.channels.as_ref().map(|c| c.endpoint.as_str());
+            let taken = self.routes.keys().map(String::as_str).chain(endpoint);
+            for path in taken.filter(|p| *p == "/admin" || p.starts_with("/admin/")) {
+                let key = match endpoint == Some(path) {
+                    true => "channels.endpoint".to_string(),
+                    false => format!("routes.\"{path}\""),
+                };
+                ensure(
+                    false,
+                    key,
+                    "the admin page takes /admin when [admin] is configured",
+                )?;
+            }
         }
         Ok(())
     }

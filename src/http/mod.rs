@@ -48,6 +48,10 @@ async fn respond(
             .map(|()| text(StatusCode::OK, "text/plain", "ready\n".into()))
             .map_err(Refusal::from),
         (&Method::GET, "/metrics") => Ok(metrics(gw)),
+        (&Method::GET, "/admin" | "/admin/api/state") if gw.settings.admin.is_some() => {
+            let admin = gw.settings.admin.as_ref().expect("checked");
+            crate::admin::handle(gw, admin, path, req.headers()).await
+        }
         _ => match &gw.channels {
             Some(ch) if path == ch.ws_path => crate::channels::upgrade::upgrade(gw, ch, req).await,
             Some(ch) if ch.is_token_path(path) => Ok(crate::channels::token::handle(ch, req).await),
@@ -55,8 +59,10 @@ async fn respond(
         },
     };
     answer.unwrap_or_else(|refusal| {
-        if let Refusal::Rejected(r) = refusal {
-            gw.metrics.rejected(r);
+        match refusal {
+            Refusal::Rejected(r) => gw.metrics.rejected(r),
+            Refusal::Unauthorized(_) => gw.metrics.rejected(Rejection::Unauthorized),
+            Refusal::Denied(_) => {}
         }
         refusal.response()
     })
@@ -68,6 +74,7 @@ fn metrics(gw: &Gateway) -> Response<Full<Bytes>> {
             .urls_down
             .set(service.urls_down() as i64);
     }
+    gw.metrics.publish_queued.set(gw.publisher.queued() as i64);
     let body = gw.metrics.render().into();
     text(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
 }

@@ -112,6 +112,14 @@ impl Publisher {
     }
 
     /// How many times Redis has been proven reachable again; a change means it came back.
+    /// Events waiting in every shard's queue.
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
+    }
+
     pub fn recoveries(&self) -> u64 {
         self.recoveries.load(Relaxed)
     }

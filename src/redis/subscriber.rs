@@ -117,6 +117,10 @@ async fn serve(
                 };
                 match prism::decode_inbound(msg.get_payload_bytes(), redis.max_reply_size) {
                     Ok(Inbound::Canary(n)) if pending.is_some_and(|(p, _)| p == n) => {
+                        if let Some((_, due)) = pending {
+                            let sent = due - redis.canary_timeout;
+                            gw.metrics.canary_round_trip.set(sent.elapsed().as_secs_f64());
+                        }
                         pending = None;
                         next_send = Instant::now() + redis.canary_interval;
                         gw.set_ready(Part::ResponseChannel, true);

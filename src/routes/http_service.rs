@@ -50,6 +50,15 @@ impl std::fmt::Debug for HttpService {
     }
 }
 
+/// One URL of a service as the admin page shows it.
+pub struct UrlState {
+    pub url: String,
+    /// Consecutive failed requests.
+    pub failures: u32,
+    /// Left of its backoff, if it is backing off.
+    pub backing_off_for: Option<Duration>,
+}
+
 struct UrlHealth {
     failures: u32,
     backoff: Backoff,
@@ -117,6 +126,20 @@ impl HttpService {
             h.down_until = Some(Instant::now() + delay);
             delay
         })
+    }
+
+    /// Each URL's health, for the admin page.
+    pub fn url_states(&self) -> Vec<UrlState> {
+        let now = Instant::now();
+        let states = self.config.urls.iter().zip(&self.health).map(|(url, h)| {
+            let h = h.lock().unwrap_or_else(|e| e.into_inner());
+            UrlState {
+                url: url.to_string(),
+                failures: h.failures,
+                backing_off_for: h.down_until.and_then(|t| t.checked_duration_since(now)),
+            }
+        });
+        states.collect()
     }
 
     /// URLs currently backing off, for the metrics gauge.
