@@ -20,6 +20,7 @@
 //! - [`redis`]: the one place that knows Redis: the client, the publisher, the response-channel
 //!   subscriber, the keys and scripts.
 //! - [`admin`]: the admin page and its JSON, for operators (off unless `[admin]`).
+//! - [`client`]: `refract client`, a small interactive WebSocket client for trying it out.
 //! - [`worker`]: the contract of long-lived workers, and the node's readiness.
 //! - [`metrics`]: every metric, registered in one place (prometheus-client), typed labels.
 //! - [`log`]: rate-limited logging, so a flood of bad input cannot flood the log.
@@ -41,6 +42,7 @@ pub mod admin;
 pub mod auth;
 pub mod backoff;
 pub mod channels;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;

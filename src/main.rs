@@ -17,7 +17,7 @@ const EXIT_CONFIG: u8 = 64;
     about = "A WebSocket gateway onto Redis",
     long_about = "A WebSocket gateway onto Redis.\n\n\
         `refract --config FILE` runs the gateway; `refract check --config FILE` validates the \
-        file and exits. Any key can be overridden from the environment as \
+        file and exits; `refract client URL` is a small WebSocket client for trying it. Any key can be overridden from the environment as \
         REFRACT__SECTION__KEY (for example REFRACT__SERVER__LISTEN=127.0.0.1:9000)."
 )]
 struct Cli {
@@ -58,10 +58,22 @@ enum Command {
         #[arg(long = "claim", value_name = "KEY=VALUE")]
         claims: Vec<String>,
     },
+    /// Try a route or endpoint: `refract client ws://127.0.0.1:8080/quotes`. Lines typed are
+    /// sent as text frames; frames received are printed. Needs no config file.
+    Client {
+        /// The WebSocket URL, `ws://host:port/path[?query]`.
+        url: String,
+        /// An extra request header, `"Name: value"` (for example an `Origin` or a token).
+        #[arg(long = "header", short = 'H', value_name = "HEADER")]
+        headers: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Client { url, headers }) = &cli.command {
+        return client(url, headers);
+    }
     let mut settings = match refract::Settings::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
@@ -105,7 +117,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        None => {}
+        Some(Command::Client { .. }) | None => {}
     }
 
     tracing_subscriber::fmt()
@@ -129,6 +141,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("refract: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(url: &str, headers: &[String]) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("refract: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(refract::client::run(url, headers)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("refract client: {e:#}");
             ExitCode::FAILURE
         }
     }

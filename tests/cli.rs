@@ -237,3 +237,78 @@ async fn the_gateway_raises_its_open_file_limit_to_the_hard_limit() {
         "soft limit raised to the hard one: {line}"
     );
 }
+
+/// `refract client`: stdin lines go out as text frames, replies come back on stdout, end of
+/// input closes with 1000; a refused upgrade exits 1 with its status.
+#[tokio::test]
+async fn the_client_command_sends_lines_and_prints_what_comes_back() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    let redis = Redis::start().await;
+    let route =
+        "[routes.\"/echo\".services.echo]\ntype = \"redis\"\nrequest_channel = \"echo.in\"\n";
+    let gw = Gateway::start(&redis, route).await;
+    let mut service = redis.subscribe("echo.in").await;
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("client")
+        .arg(format!("ws://{}/echo", gw.addr))
+        .arg("--header")
+        .arg("Origin: http://example.test")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin.write_all(b"hello there\n").await.unwrap();
+    let event = loop {
+        let e = service.next_json().await;
+        if e["type"] == "message" {
+            break e;
+        }
+    };
+    assert_eq!(event["message"], "hello there");
+    let reply = reply(event["id"].as_str().unwrap(), "echo", "general kenobi");
+    assert_eq!(redis.publish(&gw.response_channel(), reply).await, 1);
+    let line = tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .unwrap();
+    assert_eq!(line.unwrap().as_deref(), Some("general kenobi"));
+
+    drop(stdin);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("[closed 1000"), "{stderr}");
+    let disconnect = loop {
+        let e = service.next_json().await;
+        if e["type"] == "disconnect" {
+            break e;
+        }
+    };
+    assert_eq!(disconnect["id"], event["id"]);
+
+    let out = tokio::process::Command::new(BIN)
+        .arg("client")
+        .arg(format!("ws://{}/nowhere", gw.addr))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused: HTTP 404"), "{stderr}");
+    gw.stop().await;
+}
