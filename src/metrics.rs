@@ -137,6 +137,11 @@ label_enums! {
         SlotMoved => "slot_moved",
         MasterChanged => "master_changed",
     }
+    /// What `rate_limit` did with a message over the limit.
+    RateLimited as "action" {
+        Dropped => "drop",
+        Closed => "close",
+    }
     /// Why a Channels frame went nowhere.
     ChannelDrop as "reason" {
         BadFrame => "bad_frame",
@@ -220,9 +225,18 @@ pub struct RouteMetrics {
     pub replies_relayed: Counter,
     closes: Box<[Counter]>,
     denials: Box<[Counter]>,
+    rate_limited: Box<[Counter]>,
 }
 
 impl RouteMetrics {
+    /// A client message over the route's `rate_limit`. Also counted, for dashboards made
+    /// before this counter, as `refract_admission_rejections_total{reason="rate_limited"}`
+    /// (deprecated: that family is about refused connections).
+    pub fn rate_limited(&self, action: RateLimited) {
+        self.rate_limited[action as usize].inc();
+        self.denied(Denial::RateLimited);
+    }
+
     pub fn published(&self, kind: EventKind, n: u64) {
         self.events_published[kind as usize].inc_by(n);
     }
@@ -355,6 +369,8 @@ impl Metrics {
             rejections = "refract_http_rejections", "HTTP requests refused, by reason";
             denials = "refract_admission_rejections",
                 "Clients refused by a route's admission rules, by reason";
+            rate_limited = "refract_messages_rate_limited",
+                "Client messages over the route's rate limit, by what was done";
             requests = "refract_http_requests", "Requests to legacy HTTP services, by result";
             polls = "refract_http_polls", "Polls sent to legacy HTTP services";
             urls_down = "refract_http_service_urls_backing_off",
@@ -384,6 +400,7 @@ impl Metrics {
                 replies_relayed: Family::get_or_create_owned(&relayed, &route),
                 closes: each(&closed, CloseReason::ALL, |e| (route.clone(), e)),
                 denials: each(&denials, Denial::ALL, |e| (route.clone(), e)),
+                rate_limited: each(&rate_limited, RateLimited::ALL, |e| (route.clone(), e)),
             }
         });
         let http = http_services.into_iter().map(|(route, service)| {

@@ -312,3 +312,41 @@ async fn the_client_command_sends_lines_and_prints_what_comes_back() {
     assert!(stderr.contains("refused: HTTP 404"), "{stderr}");
     gw.stop().await;
 }
+
+/// With Redis down from the start, the log says the node cannot subscribe yet and names where
+/// it looks (not that a subscription was "lost": there never was one).
+#[test]
+fn redis_down_from_the_start_is_logged_as_such_with_its_url() {
+    let redis = Redis::on_port(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _) = spawn_gateway(&redis, Some("no-redis-node"), &dir);
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let done = line.contains("cannot subscribe to the response channel yet");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = seen.last().unwrap();
+    assert!(line.contains("cannot subscribe"), "{seen:#?}");
+    assert!(line.contains(&redis.url()), "names the URL: {line}");
+    assert!(
+        !seen.iter().any(|l| l.contains("subscription lost")),
+        "{seen:#?}"
+    );
+}

@@ -288,6 +288,13 @@ async fn rate_limits_close_with_1008_or_drop_and_count() {
         .publish(&gw.response_channel(), reply(&id, "s", "still open"))
         .await;
     assert_eq!(lenient.recv_text().await, "still open");
+    // Messages over the limit have their own counter, by what was done with them.
+    let limited = |route: &str, action: &str| {
+        format!("refract_messages_rate_limited_total{{route=\"{route}\",action=\"{action}\"}}")
+    };
+    assert_eq!(gw.metric(&limited("/lenient", "drop")).await, 7);
+    assert_eq!(gw.metric(&limited("/lenient", "close")).await, 0);
+    assert_eq!(gw.metric(&limited("/strict", "close")).await, 1);
     gw.stop().await;
 }
 

@@ -69,6 +69,7 @@ fn a_gateway_without_routes_leaves_out_their_families() {
         "refract_events_lost_total",
         "refract_replies_relayed_total",
         "refract_admission_rejections_total",
+        "refract_messages_rate_limited_total",
         "refract_http_requests_total",
         "refract_http_polls_total",
         "refract_http_service_urls_backing_off",
@@ -198,6 +199,8 @@ const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_http_rejections_total counter
 # HELP refract_admission_rejections_total Clients refused by a route's admission rules, by reason.
 # TYPE refract_admission_rejections_total counter
+# HELP refract_messages_rate_limited_total Client messages over the route's rate limit, by what was done.
+# TYPE refract_messages_rate_limited_total counter
 # HELP refract_http_requests_total Requests to legacy HTTP services, by result.
 # TYPE refract_http_requests_total counter
 # HELP refract_http_polls_total Polls sent to legacy HTTP services.
@@ -332,6 +335,10 @@ refract_http_requests_total{route="/quotes",service="quoteservice",result="serve
 refract_http_requests_total{route="/quotes",service="quoteservice",result="timeout"}
 refract_http_requests_total{route="/quotes",service="quoteservice",result="too_large"}
 refract_http_service_urls_backing_off{route="/quotes",service="quoteservice"}
+refract_messages_rate_limited_total{route="/chat",action="close"}
+refract_messages_rate_limited_total{route="/chat",action="drop"}
+refract_messages_rate_limited_total{route="/quotes",action="close"}
+refract_messages_rate_limited_total{route="/quotes",action="drop"}
 refract_notconnected_lost_total
 refract_notconnected_sent_total
 refract_publish_batches_total

@@ -258,19 +258,23 @@ async fn prune_index(gw: &Gateway, ch: &Channels, quiet: HashSet<String>) -> Has
 /// After Redis comes back (possibly empty), this node's memberships are written again; any that
 /// were missing are announced as joins.
 async fn rewrite_local(gw: &Gateway, ch: &Channels) {
-    let mut n = 0;
+    let (mut written, mut missing) = (0, 0);
     for (topic, members) in ch.hub.snapshot() {
         for m in members {
             let phx_ref = phx_ref(gw, &m.conn, &m.join_ref);
+            written += 1;
             if join(gw, &topic, &phx_ref, &m.key, &m.meta, true).await == Some(true) {
-                n += 1;
+                missing += 1;
             }
         }
     }
-    tracing::info!(
-        entries = n,
-        "presence entries re-written after Redis recovered"
-    );
+    if written > 0 {
+        tracing::info!(
+            written,
+            missing,
+            "presence entries re-written after Redis recovered"
+        );
+    }
 }
 
 /// Nodes, connection counts and topic membership, for the `admin` topic.

@@ -322,6 +322,27 @@ impl Redis {
     }
 }
 
+/// Where this node looks for Redis, for logs: URLs without their passwords.
+pub fn describe(settings: &RedisSettings) -> String {
+    let redact = |raw: &String| match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => raw.clone(),
+    };
+    let list = |urls: &[String]| urls.iter().map(redact).collect::<Vec<_>>().join(", ");
+    match settings.mode {
+        RedisMode::Standalone => redact(&settings.url),
+        RedisMode::Sentinel => format!(
+            "the master \"{}\" named by the sentinels {}",
+            settings.master_name.as_deref().unwrap_or_default(),
+            list(&settings.sentinels)
+        ),
+        RedisMode::Cluster => format!("the cluster of {}", list(&settings.nodes)),
+    }
+}
+
 fn cluster_builder(seeds: &[String], timeout: Duration, tls: &Tls) -> ClusterClientBuilder {
     let builder = ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(timeout)
@@ -367,5 +388,29 @@ async fn publish_by_slot(
 pub fn discard(conn: &mut Option<Conn>) {
     if let Some(Conn::Pooled(c, _)) = conn.take() {
         drop(deadpool_redis::Connection::take(c));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_name_the_target_without_passwords() {
+        let mut s = RedisSettings {
+            url: "redis://app:s3cret@10.0.0.1:6379/2".into(),
+            ..RedisSettings::default()
+        };
+        assert_eq!(describe(&s), "redis://app:***@10.0.0.1:6379/2");
+        s.mode = RedisMode::Sentinel;
+        s.sentinels = vec!["redis://10.0.0.2:26379".into()];
+        s.master_name = Some("mymaster".into());
+        assert_eq!(
+            describe(&s),
+            "the master \"mymaster\" named by the sentinels redis://10.0.0.2:26379"
+        );
+        s.mode = RedisMode::Cluster;
+        s.nodes = vec!["redis://:pw@a:1".into(), "redis://b:2".into()];
+        assert_eq!(describe(&s), "the cluster of redis://:***@a:1, redis://b:2");
     }
 }

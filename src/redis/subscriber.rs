@@ -31,9 +31,12 @@ enum End {
 pub async fn run(gw: Arc<Gateway>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let log = LogLimiter::new(Duration::from_secs(1));
+    // Until the first subscription, a failure is "cannot subscribe", not "lost".
+    let mut subscribed_once = false;
     loop {
         let end = match subscribe(&gw).await {
             Ok((sink, stream)) => {
+                subscribed_once = true;
                 gw.metrics.subscriber_connects.inc();
                 tracing::info!(channel = %gw.response_channel, "subscribed to the response channel");
                 serve(&gw, sink, stream, &mut backoff, &log).await
@@ -55,7 +58,12 @@ pub async fn run(gw: Arc<Gateway>) {
         gw.metrics.resubscribed(reason);
         gw.set_ready(Part::ResponseChannel, false);
         let delay = backoff.next_delay();
-        tracing::warn!(error = %why, retry_in = ?delay, "response-channel subscription lost");
+        if subscribed_once {
+            tracing::warn!(error = %why, retry_in = ?delay, "response-channel subscription lost");
+        } else {
+            let redis = crate::redis::client::describe(&gw.settings.redis);
+            tracing::warn!(error = %why, %redis, retry_in = ?delay, "cannot subscribe to the response channel yet");
+        }
         tokio::select! {
             _ = gw.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

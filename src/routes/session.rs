@@ -18,7 +18,7 @@ use crate::error::Close;
 use crate::http::admission::Identity;
 use crate::http::limits::ConnectionSlot;
 use crate::ids::ConnectionId;
-use crate::metrics::{Denial, Loss};
+use crate::metrics::{Loss, RateLimited};
 use crate::prism::{self, ClientData, EventKind};
 use crate::redis::publisher::{Publish, Tag};
 use crate::routes::http_service::{Data as LaneData, Lane};
@@ -184,12 +184,12 @@ impl Handler for Session {
         {
             Ok(()) => self.publish(EventKind::Message, Some(data)).await,
             Err(RateLimitAction::Drop) => {
-                metrics.denied(Denial::RateLimited);
+                metrics.rate_limited(RateLimited::Dropped);
                 let per_event = self.route.request_channels.len().max(1) as u64;
                 metrics.lost(Loss::RateLimited, per_event);
             }
             Err(RateLimitAction::Close) => {
-                metrics.denied(Denial::RateLimited);
+                metrics.rate_limited(RateLimited::Closed);
                 return Some(Close::RATE_LIMIT);
             }
         }
