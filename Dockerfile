@@ -20,7 +20,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# ca-certificates: for rediss:// and https:// legacy HTTP services.
+# ca-certificates: the system roots that rediss:// connections trust unless redis.tls_ca_file
+# names others. (Legacy HTTP services are http:// only.)
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -91,6 +91,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
+    if settings.routes.is_empty() && settings.channels.is_none() {
+        eprintln!(
+            "refract: warning: {}: no routes and no [channels]: nothing to serve but /healthz, \
+             /readyz and /metrics",
+            cli.config.display()
+        );
+    }
     match cli.command {
         Some(Command::Check) => {
             println!(

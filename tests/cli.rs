@@ -350,3 +350,17 @@ fn redis_down_from_the_start_is_logged_as_such_with_its_url() {
         "{seen:#?}"
     );
 }
+
+/// A config with nothing to serve is valid, but `check` (and a start) says so.
+#[test]
+fn a_config_with_nothing_to_serve_gets_a_warning() {
+    let (code, stderr) = run_check("[server]\nlisten = \"127.0.0.1:1\"\n");
+    assert_eq!(code, 0);
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("no routes and no [channels]"),
+        "{stderr}"
+    );
+    let (code, stderr) = run_check(QUOTES);
+    assert_eq!(code, 0);
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

@@ -60,11 +60,11 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
-        ": server: unknown field `lisen`",
+        ": server: unknown field `lisen`, expected one of `listen`, `trusted_proxies`, `allowed_origins`, `allow_ips`, `deny_ips`, `max_connections_per_ip`, `max_connections`, `max_message_size`, `outbound_queue`, `outbound_queue_bytes`, `read_buffer`, `ping_interval`, `idle_timeout`, `write_timeout`, `shutdown_grace`",
     ),
     (
         "[server]\nallowed_origin = [\"x\"]\n",
-        ": server: unknown field `allowed_origin`",
+        ": server: unknown field `allowed_origin`, expected one of `listen`, `trusted_proxies`, `allowed_origins`, `allow_ips`, `deny_ips`, `max_connections_per_ip`, `max_connections`, `max_message_size`, `outbound_queue`, `outbound_queue_bytes`, `read_buffer`, `ping_interval`, `idle_timeout`, `write_timeout`, `shutdown_grace`",
     ),
     (
         "[redis]\nurls = \"redis://x\"\n",
@@ -72,7 +72,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         with_route!("[routes.\"/q\"]\nmax_conections = 3\n"),
-        ": routes.\"/q\": unknown field `max_conections`",
+        ": routes.\"/q\": unknown field `max_conections`, expected one of `services`, `max_connections`, `max_message_size`, `rate_limit`, `allowed_origins`, `allow_ips`, `deny_ips`, `max_connections_per_ip`, `auth`",
     ),
     (
         svc!("type = \"redis\"\nrequest_chanel = \"x\"\n"),
@@ -84,25 +84,25 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         with_route!("[routes.\"/q\"]\nrate_limit = { per_second = 1, brust = 2 }\n"),
-        ": routes.\"/q.rate_limit\": unknown field `brust`, expected one of `per_second`, `burst`, `action`",
+        ": routes.\"/q\".rate_limit: unknown field `brust`, expected one of `per_second`, `burst`, `action`",
     ),
     (
         with_route!(
             "[routes.\"/q\".auth]\njwt = { secret = \"0123456789abcdef\" }\ntoken_param = \"t\"\n"
         ),
-        ": routes.\"/q.auth\": unknown field `token_param`, expected one of `jwt`, `token_query_param`, `connect_hook`",
+        ": routes.\"/q\".auth: unknown field `token_param`, expected one of `jwt`, `token_query_param`, `connect_hook`",
     ),
     (
         with_route!(
             "[routes.\"/q\".auth]\njwt = { secret = \"0123456789abcdef\", issuers = \"i\" }\n"
         ),
-        ": routes.\"/q.auth.jwt\": unknown field `issuers`, expected one of `secret`, `secret_env`, `public_key_file`, `algorithm`, `issuer`, `audience`, `leeway`",
+        ": routes.\"/q\".auth.jwt: unknown field `issuers`, expected one of `secret`, `secret_env`, `public_key_file`, `algorithm`, `issuer`, `audience`, `leeway`",
     ),
     (
         with_route!(
             "[routes.\"/q\".auth]\nconnect_hook = { url = \"http://h/\", timeot = \"1s\" }\n"
         ),
-        ": routes.\"/q.auth.connect_hook\": unknown field `timeot`, expected one of `url`, `timeout`, `max_in_flight`, `forward_headers`",
+        ": routes.\"/q\".auth.connect_hook: unknown field `timeot`, expected one of `url`, `timeout`, `max_in_flight`, `forward_headers`",
     ),
     (
         channels!("endpont = \"/s\"\n"),
@@ -167,7 +167,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         with_route!("[routes.\"/q\"]\nrate_limit = { per_second = 1, action = \"explode\" }\n"),
-        ": routes.\"/q.rate_limit.action\": enum RateLimitAction does not have variant constructor explode",
+        ": routes.\"/q\".rate_limit.action: enum RateLimitAction does not have variant constructor explode",
     ),
     (
         with_route!("[routes.\"/q\"]\nrate_limit = { burst = 2 }\n"),
@@ -734,7 +734,10 @@ fn load(text: Option<&str>) -> String {
 #[test]
 fn file_errors_name_the_file() {
     let cases = [
-        (None, "FILE: (file): cannot read the file"),
+        (
+            None,
+            "FILE: (file): cannot read the file: No such file or directory (os error 2)",
+        ),
         (
             Some("[server]\nmax_connections = 0\n"),
             "FILE: server.max_connections: must be greater than 0",
@@ -762,24 +765,58 @@ fn file_errors_name_the_file() {
     assert!(wrong.is_empty(), "wrong texts:\n{}", wrong.join("\n"));
 }
 
+/// An environment override at fault is named, not the file: a bad value, and an unknown key.
 #[test]
 fn environment_overrides_are_named_by_their_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("refract.toml");
     std::fs::write(&path, "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_refract"))
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .env("REFRACT__SERVER__MAX_CONNECTIONS", "many")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    let check = |var: &str, value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_refract"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        String::from_utf8(out.stderr).unwrap()
+    };
     assert_eq!(
-        stderr.replace(&path.display().to_string(), "FILE"),
-        "refract: config error: FILE: server.max_connections: invalid type: string \"many\", expected an integer\n",
+        check("REFRACT__SERVER__MAX_CONNECTIONS", "many"),
+        "refract: config error: environment REFRACT__SERVER__MAX_CONNECTIONS: server.max_connections: invalid type: string \"many\", expected an integer\n",
     );
+    let stderr = check("REFRACT__SERVER__LISTNE", "127.0.0.1:1");
+    assert!(
+        stderr.starts_with(
+            "refract: config error: environment REFRACT__SERVER__LISTNE: server: unknown field `listne`, expected one of `listen`,"
+        ),
+        "{stderr}"
+    );
+}
+
+/// The keys listed for sections that flatten the admission keys are all real: each is taken
+/// (a wrong value is a type error, not an unknown key).
+#[test]
+fn listed_server_and_route_keys_exist() {
+    use refract::config::routes::{ADMISSION_FIELDS, ROUTE_FIELDS};
+    let server = refract::config::ServerSettings::FIELDS;
+    for key in server
+        .iter()
+        .chain(ADMISSION_FIELDS)
+        .filter(|k| **k != "admission")
+    {
+        let e = err(&format!("[server]\n{key} = {{ x = 1 }}\n"));
+        assert!(!e.contains("unknown field"), "server.{key}: {e}");
+    }
+    for key in ROUTE_FIELDS
+        .iter()
+        .chain(ADMISSION_FIELDS)
+        .filter(|k| **k != "admission")
+    {
+        let e = err(&format!("[routes.\"/q\"]\n{key} = 7\n"));
+        assert!(!e.contains("unknown field"), "routes.\"/q\".{key}: {e}");
+    }
 }
 
 fn err(text: &str) -> String {

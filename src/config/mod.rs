@@ -32,6 +32,12 @@ macro_rules! section {
                 Self { $($field: $default,)* }
             }
         }
+
+        impl $name {
+            /// The section's keys, in order (a flattened field by its own name).
+            #[allow(dead_code)]
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+        }
     };
 }
 
@@ -93,14 +99,22 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true);
-        let file = config::File::from(path).format(config::FileFormat::Toml);
-        let mut settings = if path.is_file() {
-            Self::build(config::Config::builder().add_source(file).add_source(env))
-        } else {
-            Err(ConfigError::new("(file)", "cannot read the file"))
+        let mut settings = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let file = config::File::from_str(&text, config::FileFormat::Toml);
+                Self::build(config::Config::builder().add_source(file).add_source(env))
+            }
+            Err(e) => Err(ConfigError::new(
+                "(file)",
+                format!("cannot read the file: {e}"),
+            )),
         };
         if let Err(e) = &mut settings {
-            e.file = path.display().to_string();
+            // A key the environment set is the environment's fault, not the file's.
+            e.file = match from_environment(e) {
+                Some(var) => format!("environment {var}"),
+                None => path.display().to_string(),
+            };
         }
         settings
     }
@@ -182,6 +196,42 @@ fn check_name(key: &str, value: &str, max: usize) -> Checked {
     ensure(ok, key, message)
 }
 
+/// The `REFRACT__*` variable that set the key `e` is about, if one did: `server.listen` comes
+/// from `REFRACT__SERVER__LISTEN`; an unknown field `listne` of `server` from
+/// `REFRACT__SERVER__LISTNE`.
+fn from_environment(e: &ConfigError) -> Option<String> {
+    let mut path = e.key.clone();
+    if let Some(field) = e.message.strip_prefix("unknown field `") {
+        let field = field.split('`').next()?;
+        path = match e.key.as_str() {
+            "(file)" => field.to_string(),
+            section => format!("{section}.{field}"),
+        };
+    }
+    let var = format!("REFRACT__{}", path.replace('.', "__").to_uppercase());
+    std::env::var_os(&var).map(|_| var)
+}
+
+/// Sections that flatten the admission keys into theirs, where serde cannot list what it
+/// expected: their keys, for the unknown-key message.
+fn expected_keys(section: &str) -> Option<Vec<&'static str>> {
+    let own: &[&str] = if section == "server" {
+        ServerSettings::FIELDS
+    } else if section.starts_with("routes.\"") && section.ends_with('"') {
+        routes::ROUTE_FIELDS
+    } else {
+        return None;
+    };
+    let mut keys = Vec::new();
+    for &key in own {
+        match key {
+            "admission" => keys.extend_from_slice(routes::ADMISSION_FIELDS),
+            _ => keys.push(key),
+        }
+    }
+    Some(keys)
+}
+
 /// The `config` crate's errors carry the key they concern (spelled its way); ours names it too.
 fn from_config_error(e: config::ConfigError) -> ConfigError {
     use config::ConfigError::{At, FileParse, Type};
@@ -200,7 +250,16 @@ fn from_config_error(e: config::ConfigError) -> ConfigError {
         } => (k, error.to_string()),
         other => return ConfigError::new("(file)", other.to_string()),
     };
-    ConfigError::new(route_key(&key), message)
+    let key = route_key(&key);
+    let listed = message.starts_with("unknown field `") && !message.contains("expected");
+    let message = match expected_keys(&key).filter(|_| listed) {
+        Some(keys) => {
+            let keys: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+            format!("{message}, expected one of {}", keys.join(", "))
+        }
+        None => message,
+    };
+    ConfigError::new(key, message)
 }
 
 /// The TOML parser's report spans several lines (location, source excerpt, caret, message); fold
@@ -221,13 +280,23 @@ fn toml_syntax_error(report: &str) -> ConfigError {
     ConfigError::new(source.unwrap_or("(file)"), message)
 }
 
-/// `routes./quotes.services.x` (the config crate's spelling) becomes `routes."/quotes".services.x`.
+/// `routes./quotes.services.x` (the config crate's spelling) becomes `routes."/quotes".services.x`;
+/// the path ends where a route's own key begins (a path may hold dots).
 fn route_key(key: &str) -> String {
-    match key.strip_prefix("routes.") {
-        Some(rest) if rest.starts_with('/') => match rest.find(".services") {
-            Some(i) => format!("routes.\"{}\"{}", &rest[..i], &rest[i..]),
-            None => format!("routes.\"{rest}\""),
-        },
-        _ => key.to_string(),
+    let Some(rest) = key.strip_prefix("routes.").filter(|r| r.starts_with('/')) else {
+        return key.to_string();
+    };
+    let split = routes::ROUTE_FIELDS
+        .iter()
+        .chain(routes::ADMISSION_FIELDS)
+        .filter_map(|field| {
+            let at = rest.find(&format!(".{field}"))?;
+            let after = &rest[at + 1 + field.len()..];
+            (after.is_empty() || after.starts_with('.')).then_some(at)
+        })
+        .min();
+    match split {
+        Some(i) => format!("routes.\"{}\"{}", &rest[..i], &rest[i..]),
+        None => format!("routes.\"{rest}\""),
     }
 }

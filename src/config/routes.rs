@@ -10,6 +10,24 @@ use serde::Deserialize;
 use super::{Checked, ConfigError, RESERVED_PATHS, check_name, ensure, nonzero, positive};
 use crate::auth::{JwtSettings, OneOrMany, Verifier};
 
+/// A route's keys (its admission keys flattened in as `admission`), for the unknown-key message.
+pub const ROUTE_FIELDS: &[&str] = &[
+    "services",
+    "max_connections",
+    "max_message_size",
+    "rate_limit",
+    "admission",
+    "auth",
+];
+
+/// The admission keys, which `[server]` and each route flatten into theirs.
+pub const ADMISSION_FIELDS: &[&str] = &[
+    "allowed_origins",
+    "allow_ips",
+    "deny_ips",
+    "max_connections_per_ip",
+];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
