@@ -88,7 +88,8 @@ async fn the_python_news_example_answers_events_and_polls() {
     let gw = Gateway::start(&redis, &example_routes(port)).await;
     let mut client = gw.ws("/news").await;
     assert_eq!(next_kind(&mut client, false).await["kind"], "welcome");
-    client.send("tech").await;
+    // As a terminal client sends it: the line with its newline.
+    client.send("tech\n").await;
     assert_eq!(next_kind(&mut client, false).await["kind"], "following");
     // Polls carry the last message ("tech"), and each brings the next headline.
     let headline = next_kind(&mut client, false).await;
@@ -96,7 +97,7 @@ async fn the_python_news_example_answers_events_and_polls() {
         (headline["kind"].as_str(), headline["topic"].as_str()),
         (Some("headline"), Some("tech"))
     );
-    client.send("bye").await;
+    client.send("bye\n").await;
     assert_eq!(client.recv_close_after_text().await, 1000);
     service.stop().await;
     gw.stop().await;
@@ -184,5 +185,79 @@ async fn the_python_quotes_example_serves_the_example_route_through_a_cluster() 
     assert_eq!(next_kind(&mut client, true).await["kind"], "bye");
     assert_eq!(client.recv_close_after_text().await, 1000);
     service.stop().await;
+    gw.stop().await;
+}
+
+/// The README's tour as typed, with the client it names: `refract client` on `/quotes` and
+/// `/news` against both examples (lines go out as typed, answers come back on stdout).
+#[tokio::test]
+async fn the_readme_tour_works_in_refract_client() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let quotes = Example::start(
+        "quotes_service.py",
+        &["--redis-url", &url],
+        "quotes_service ready",
+    )
+    .await;
+    let port = free_port();
+    let news = Example::start(
+        "news_service.py",
+        &["--port", &port.to_string()],
+        "news_service ready",
+    )
+    .await;
+    let gw = Gateway::start(&redis, &example_routes(port)).await;
+    // Types `lines` into `refract client` on `path`, waiting after each for an answer whose
+    // `kind` is the one given; returns the client's exit status once its input ends.
+    let tour = |path: &'static str, steps: Vec<(&'static str, &'static str)>| {
+        let url = format!("ws://{}{path}", gw.addr);
+        async move {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_refract"))
+                .arg("client")
+                .arg(url)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            for (line, kind) in steps {
+                stdin.write_all(line.as_bytes()).await.unwrap();
+                loop {
+                    let text = tokio::time::timeout(WAIT, out.next_line())
+                        .await
+                        .expect("an answer in time")
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("{path}: output ended waiting for {kind}"));
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    if v["kind"] == kind {
+                        break;
+                    }
+                }
+            }
+            drop(stdin);
+            tokio::time::timeout(WAIT, child.wait())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let quotes_tour = vec![
+        ("", "welcome"),
+        ("ACME\n", "quote"),
+        ("chart ACME\n", "chart"),
+        ("bye\n", "bye"),
+    ];
+    assert!(tour("/quotes", quotes_tour).await.success());
+    let news_tour = vec![("", "welcome"), ("tech\n", "following"), ("", "headline")];
+    assert!(tour("/news", news_tour).await.success());
+    quotes.stop().await;
+    news.stop().await;
     gw.stop().await;
 }

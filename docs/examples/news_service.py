@@ -57,7 +57,8 @@ def handle(event: dict) -> list[dict] | None:
         return None
     if kind != "message":
         return None
-    text = event.get("message", "")
+    # As typed: a terminal client (websocat) sends the line with its newline.
+    text = event.get("message", "").strip()
     with _lock:
         current = _following.get(conn_id)
         if text == "bye":
