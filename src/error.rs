@@ -20,6 +20,8 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Why a request was refused before any upgrade. Counted where it is decided; answered here.

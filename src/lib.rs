@@ -100,6 +100,8 @@ pub struct Gateway {
     /// HTTP connections and WebSocket sessions; waited for on shutdown.
     pub tasks: TaskTracker,
     pub started: std::time::Instant,
+    /// TLS on the listener, when `[server.tls]` is set.
+    pub tls: Option<Arc<http::tls::ServerTls>>,
 }
 
 impl Gateway {
@@ -164,6 +166,10 @@ impl Gateway {
             .tcp_nodelay(true)
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build()?;
+        let tls = match &settings.server.tls {
+            Some(t) => Some(Arc::new(http::tls::ServerTls::load(t)?)),
+            None => None,
+        };
         let redis = Arc::new(Redis::open(&settings.redis)?);
         let publisher = Publisher::start(&settings.redis, redis.clone(), metrics.clone(), workers);
         let (channels, commands) = match settings.channels.clone() {
@@ -197,6 +203,7 @@ impl Gateway {
             shutdown,
             tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
+            tls,
         };
         Ok((Arc::new(gateway), commands))
     }
@@ -251,6 +258,10 @@ pub async fn run(
         .channels
         .as_ref()
         .is_some_and(|ch| ch.settings.presence.enabled);
+    if let (Some(tls), Some(settings)) = (&gateway.tls, &gateway.settings.server.tls) {
+        let watch = http::tls::watch(gateway.clone(), tls.clone(), settings.clone());
+        workers.spawn("tls reload", watch);
+    }
     if gateway.settings.admin.is_some() && !presence {
         workers.spawn("heartbeat", admin::heartbeat(gateway.clone()));
     }

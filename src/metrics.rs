@@ -137,6 +137,11 @@ label_enums! {
         SlotMoved => "slot_moved",
         MasterChanged => "master_changed",
     }
+    /// How a reload of the listener's TLS certificate went.
+    Reload as "result" {
+        Ok => "ok",
+        Failed => "error",
+    }
     /// What `rate_limit` did with a message over the limit.
     RateLimited as "action" {
         Dropped => "drop",
@@ -337,6 +342,9 @@ pub struct Metrics {
     /// The last canary's round trip through the response channel, in seconds.
     pub canary_round_trip: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
+    /// TLS handshakes on the listener that failed or timed out.
+    pub tls_handshake_failures: Counter,
+    tls_reloads: Box<[Counter]>,
     resubscriptions: Box<[Counter]>,
     pub master_changes: Counter,
     master: Family<AddressLabels, Gauge>,
@@ -383,6 +391,10 @@ impl Metrics {
                 "Events waiting in the publish queues (all shards)";
             canary_round_trip = "refract_canary_round_trip_seconds",
                 "The last canary's round trip through the response channel";
+            tls_handshake_failures = "refract_tls_handshake_failures",
+                "TLS handshakes on the listener that failed or timed out";
+            tls_reloads = "refract_tls_reloads",
+                "Reloads of the listener's TLS certificate, by result";
             resubscriptions = "refract_redis_resubscriptions",
                 "Subscriptions to Redis made again, by reason";
             master_changes = "refract_redis_master_changes",
@@ -426,10 +438,16 @@ impl Metrics {
             publish_queued,
             canary_round_trip,
             ready,
+            tls_handshake_failures,
+            tls_reloads: each(&tls_reloads, Reload::ALL, |e| e),
             resubscriptions: each(&resubscriptions, Resubscribe::ALL, |e| e),
             master_changes,
             master,
         }
+    }
+
+    pub fn tls_reloaded(&self, result: Reload) {
+        self.tls_reloads[result as usize].inc();
     }
 
     pub fn resubscribed(&self, reason: Resubscribe) {

@@ -217,6 +217,10 @@ const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_publish_queue_depth gauge
 # HELP refract_canary_round_trip_seconds The last canary's round trip through the response channel.
 # TYPE refract_canary_round_trip_seconds gauge
+# HELP refract_tls_handshake_failures_total TLS handshakes on the listener that failed or timed out.
+# TYPE refract_tls_handshake_failures_total counter
+# HELP refract_tls_reloads_total Reloads of the listener's TLS certificate, by result.
+# TYPE refract_tls_reloads_total counter
 # HELP refract_redis_resubscriptions_total Subscriptions to Redis made again, by reason.
 # TYPE refract_redis_resubscriptions_total counter
 # HELP refract_redis_master_changes_total Times the sentinels named a new master and the node followed.
@@ -362,4 +366,7 @@ refract_replies_dropped_total{reason="unknown_type"}
 refract_replies_dropped_total{reason="wrong_type"}
 refract_replies_relayed_total{route="/chat"}
 refract_replies_relayed_total{route="/quotes"}
+refract_tls_handshake_failures_total
+refract_tls_reloads_total{result="error"}
+refract_tls_reloads_total{result="ok"}
 "#;

@@ -9,6 +9,7 @@
 //! - [`routes`]: `[routes."<path>"]`, services, admission, auth, rate limits.
 //! - [`channels`]: `[channels]`, the Phoenix Channels endpoint, presence, tokens.
 //! - [`admin`]: `[admin]`, the admin page and who may see it.
+//! - [`pem`]: certificate and key files, read and checked.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,6 +44,7 @@ macro_rules! section {
 
 pub mod admin;
 pub mod channels;
+pub mod pem;
 pub mod redis;
 pub mod routes;
 pub mod server;
@@ -56,7 +58,7 @@ pub use routes::{
     AdmissionSettings, AuthSettings, HTTP_DEFAULT_MAX_IN_FLIGHT, HTTP_DEFAULT_TIMEOUT,
     HookSettings, HttpService, RateLimit, RateLimitAction, RouteSettings, Service,
 };
-pub use server::ServerSettings;
+pub use server::{ServerSettings, TlsSettings};
 
 /// Paths the gateway serves itself; a route may not shadow them.
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];

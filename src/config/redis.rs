@@ -1,14 +1,12 @@
 //! `[redis]`: which Redis (one server, a Sentinel-watched master, or a Cluster), where events are
 //! published and where replies come back.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
-use super::{Checked, ConfigError, check_name, ensure, nonzero, positive};
+use super::{Checked, ConfigError, check_name, ensure, nonzero, pem, positive};
 
 /// How the gateway reaches Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -159,34 +157,15 @@ impl RedisSettings {
         if self.tls_ca_file.is_none() && self.tls_cert_file.is_none() {
             return Ok(None);
         }
-        let certs = |key: &str, path: &Path| {
-            let pem = read(key, path)?;
-            let found = CertificateDer::pem_slice_iter(&pem)
-                .filter(Result::is_ok)
-                .count();
-            ensure(
-                found > 0,
-                key,
-                format!("{}: no PEM certificate", path.display()),
-            )?;
-            Ok::<_, ConfigError>(pem)
-        };
         let root_cert = match &self.tls_ca_file {
-            Some(path) => Some(certs("redis.tls_ca_file", path)?),
+            Some(path) => Some(pem::certificates("redis.tls_ca_file", path)?),
             None => None,
         };
         let client_tls = match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                let client_cert = certs("redis.tls_cert_file", cert)?;
-                let client_key = read("redis.tls_key_file", key)?;
-                let message = format!("{}: no PEM private key", key.display());
-                let parsed = PrivateKeyDer::from_pem_slice(&client_key).is_ok();
-                ensure(parsed, "redis.tls_key_file", message)?;
-                Some(::redis::ClientTlsConfig {
-                    client_cert,
-                    client_key,
-                })
-            }
+            (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
+                client_cert: pem::certificates("redis.tls_cert_file", cert)?,
+                client_key: pem::private_key("redis.tls_key_file", key)?,
+            }),
             _ => None,
         };
         Ok(Some(::redis::TlsCertificates {
@@ -194,10 +173,6 @@ impl RedisSettings {
             root_cert,
         }))
     }
-}
-
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))
 }
 
 fn check_urls(key: &str, urls: &[String]) -> Checked {

@@ -1,11 +1,13 @@
 //! `[server]`: the one listening port and the limits of every client connection.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Deserialize;
 
-use super::{AdmissionSettings, Checked, ensure, nonzero, positive};
+use super::{AdmissionSettings, Checked, ensure, nonzero, pem, positive};
 
 /// Bounds of `server.read_buffer`: below the minimum every frame header takes several reads;
 /// above the maximum, idle connections would hold megabytes each.
@@ -46,6 +48,30 @@ section! {
         /// How long shutdown waits for clients to close and events to drain.
         #[serde(with = "humantime_serde")]
         pub shutdown_grace: Duration = Duration::from_secs(10),
+        /// TLS on the listener (`wss://`, `https://`); absent = plain.
+        pub tls: Option<TlsSettings> = None,
+    }
+}
+
+/// `[server.tls]`: the listener's certificate, re-read when its files change or on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM: the server certificate, then its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: its private key.
+    pub key_file: PathBuf,
+    /// How often the files are checked for a change.
+    #[serde(
+        default = "TlsSettings::default_reload_interval",
+        with = "humantime_serde"
+    )]
+    pub reload_interval: Duration,
+}
+
+impl TlsSettings {
+    fn default_reload_interval() -> Duration {
+        Duration::from_secs(10)
     }
 }
 
@@ -66,6 +92,10 @@ impl ServerSettings {
             "must be longer than server.ping_interval, or live clients time out",
         )?;
         nonzero("server.write_timeout", self.write_timeout)?;
+        if let Some(tls) = &self.tls {
+            pem::server_config(&tls.cert_file, &tls.key_file)?;
+            nonzero("server.tls.reload_interval", tls.reload_interval)?;
+        }
         positive(
             "server.max_connections_per_ip",
             self.admission.max_connections_per_ip,

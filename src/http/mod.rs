@@ -6,10 +6,12 @@
 //! - [`admission`]: a route's rules: addresses, origins, JWTs, the connect hook.
 //! - [`limits`]: connection slots under the node's, the route's and the address's limits.
 //! - [`upgrade`]: what both doors share on the way to a WebSocket.
+//! - [`tls`]: TLS on the listener, and its certificate reloads.
 
 pub mod admission;
 pub mod limits;
 pub mod serve;
+pub mod tls;
 pub mod upgrade;
 
 use std::convert::Infallible;
