@@ -20,8 +20,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# ca-certificates: the system roots that rediss:// connections trust unless redis.tls_ca_file
-# names others. (Legacy HTTP services are http:// only.)
+# ca-certificates: the system roots that rediss:// connections and https:// services and hooks
+# trust, unless redis.tls_ca_file or a service's tls_ca_file names others.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -155,7 +155,10 @@ impl Gateway {
             .unwrap_or_else(NodeId::generate);
         let response_channel = format!("{}.{}", settings.redis.response_channel, node).into();
         let live = Limit::new(settings.server.max_connections);
-        let routes = RouteTable::new(&settings, &live);
+        // rustls's one crypto provider, for https:// services and hooks (and every TLS);
+        // an error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let routes = RouteTable::new(&settings, &live)?;
         let metrics = Arc::new(Metrics::new(
             routes.iter().map(|r| r.path.to_string()),
             routes

@@ -76,11 +76,11 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         svc!("type = \"redis\"\nrequest_chanel = \"x\"\n"),
-        ": routes.\"/q\".services.s: unknown field `request_chanel`, expected one of `type`, `request_channel`, `url`, `headers`, `timeout`, `max_in_flight`, `polling_interval`",
+        ": routes.\"/q\".services.s: unknown field `request_chanel`, expected one of `type`, `request_channel`, `url`, `headers`, `timeout`, `max_in_flight`, `polling_interval`, `tls_ca_file`",
     ),
     (
         svc!("type = \"http\"\nurl = \"http://x/\"\nheader = {}\n"),
-        ": routes.\"/q\".services.s: unknown field `header`, expected one of `type`, `request_channel`, `url`, `headers`, `timeout`, `max_in_flight`, `polling_interval`",
+        ": routes.\"/q\".services.s: unknown field `header`, expected one of `type`, `request_channel`, `url`, `headers`, `timeout`, `max_in_flight`, `polling_interval`, `tls_ca_file`",
     ),
     (
         with_route!("[routes.\"/q\"]\nrate_limit = { per_second = 1, brust = 2 }\n"),
@@ -506,12 +506,12 @@ const CASES: &[(&str, &str)] = &[
         ": routes.\"/q\".auth.jwt: secret_env: environment variable REFRACT_TEST_UNSET_VARIABLE is not set",
     ),
     (
-        with_route!("[routes.\"/q\".auth]\nconnect_hook = { url = \"https://h/\" }\n"),
-        ": routes.\"/q\".auth.connect_hook: url must be an http:// URL",
+        with_route!("[routes.\"/q\".auth]\nconnect_hook = { url = \"ftp://h/\" }\n"),
+        ": routes.\"/q\".auth.connect_hook: url must be an http:// or https:// URL",
     ),
     (
         with_route!("[routes.\"/q\".auth]\nconnect_hook = { url = \"nope\" }\n"),
-        ": routes.\"/q\".auth.connect_hook: url must be an http:// URL",
+        ": routes.\"/q\".auth.connect_hook: url must be an http:// or https:// URL",
     ),
     (
         with_route!(
@@ -591,12 +591,20 @@ const CASES: &[(&str, &str)] = &[
         ": routes.\"/q\".services.s: url \"nope\" is not a valid URL (relative URL without a base)",
     ),
     (
-        svc!("type = \"http\"\nurl = \"https://x/\"\n"),
-        ": routes.\"/q\".services.s: url \"https://x/\": https is not supported for legacy services; use http:// on a trusted network or terminate TLS in a local proxy",
+        svc!("type = \"http\"\nurl = \"http://x/\"\ntls_ca_file = \"ca.pem\"\n"),
+        ": routes.\"/q\".services.s.tls_ca_file: applies to https:// URLs only",
+    ),
+    (
+        svc!("type = \"http\"\nurl = \"https://x/\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n"),
+        ": routes.\"/q\".services.s.tls_ca_file: /nonexistent/ca.pem: No such file or directory (os error 2)",
+    ),
+    (
+        svc!("type = \"redis\"\nrequest_channel = \"c\"\ntls_ca_file = \"ca.pem\"\n"),
+        ": routes.\"/q\".services.s: tls_ca_file applies to type = \"http\" only",
     ),
     (
         svc!("type = \"http\"\nurl = [\"http://x/\", \"ftp://y/\"]\n"),
-        ": routes.\"/q\".services.s: url \"ftp://y/\": scheme ftp is not http",
+        ": routes.\"/q\".services.s: url \"ftp://y/\": scheme ftp is not http or https",
     ),
     (
         svc!("type = \"http\"\nurl = \"http://x/\"\nheaders = { \"a b\" = \"v\" }\n"),
@@ -807,7 +815,10 @@ fn listed_server_and_route_keys_exist() {
         .filter(|k| **k != "admission")
     {
         let e = err(&format!("[server]\n{key} = {{ x = 1 }}\n"));
-        assert!(!e.contains(&format!("unknown field `{key}`")), "server.{key}: {e}");
+        assert!(
+            !e.contains(&format!("unknown field `{key}`")),
+            "server.{key}: {e}"
+        );
     }
     for key in ROUTE_FIELDS
         .iter()
@@ -815,7 +826,10 @@ fn listed_server_and_route_keys_exist() {
         .filter(|k| **k != "admission")
     {
         let e = err(&format!("[routes.\"/q\"]\n{key} = 7\n"));
-        assert!(!e.contains(&format!("unknown field `{key}`")), "routes.\"/q\".{key}: {e}");
+        assert!(
+            !e.contains(&format!("unknown field `{key}`")),
+            "routes.\"/q\".{key}: {e}"
+        );
     }
 }
 
@@ -893,7 +907,7 @@ fn http_service_errors_name_the_key() {
     let svc = "[routes.\"/n\".services.h]\ntype = \"http\"\n";
     assert!(err(svc).ends_with("routes.\"/n\".services.h: url is required"));
     assert!(err(&format!("{svc}url = \"nope\"\n")).contains("not a valid URL"));
-    assert!(err(&format!("{svc}url = \"https://x/\"\n")).contains("https is not supported"));
+    assert!(Settings::from_toml(&format!("{svc}url = \"https://x/\"\n")).is_ok());
     assert!(err(&format!("{svc}url = []\n")).contains("at least one URL"));
     assert!(
         err(&format!(

@@ -361,3 +361,31 @@ async fn a_mixed_route_delivers_each_event_to_both_kinds_of_service() {
     assert_eq!(svc.next_of("disconnect").await.body["id"], json!(id));
     gw.stop().await;
 }
+
+/// An `https://` legacy service, verified against its own CA (`tls_ca_file`); without that CA
+/// (the system's roots) the same service is a connect error, counted.
+#[tokio::test]
+async fn an_https_service_is_verified_against_its_ca() {
+    let certs = common::tls::TestCerts::generate();
+    let redis = Redis::start().await;
+    let svc = HttpServer::start_tls(scripted, &certs).await;
+    let url = svc.url("/");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca = format!("tls_ca_file = \"{}\"", certs.path("ca.crt").display());
+    let routes = http_route("/secure", "tlsnews", &format!("\"{url}\""), &ca)
+        + &http_route("/untrusted", "tlsnews", &format!("\"{url}\""), "");
+    let gw = Gateway::start(&redis, &routes).await;
+
+    let mut client = gw.ws("/secure").await;
+    client.send("one").await;
+    assert_eq!(client.recv_text().await, "r1");
+
+    let mut other = gw.ws("/untrusted").await;
+    other.send("one").await;
+    let refused = "refract_http_requests_total{route=\"/untrusted\",service=\"tlsnews\",result=\"connect_error\"}";
+    eventually("the unverified certificate refused", || async {
+        (gw.metric(refused).await >= 1).then_some(())
+    })
+    .await;
+    gw.stop().await;
+}

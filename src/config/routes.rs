@@ -1,13 +1,14 @@
 //! `[routes."<path>"]`: each route's services, admission, auth, hook and rate limit.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Checked, ConfigError, RESERVED_PATHS, check_name, ensure, nonzero, positive};
+use super::{Checked, ConfigError, RESERVED_PATHS, check_name, ensure, nonzero, pem, positive};
 use crate::auth::{JwtSettings, OneOrMany, Verifier};
 
 /// A route's keys (its admission keys flattened in as `admission`), for the unknown-key message.
@@ -102,8 +103,9 @@ impl AuthSettings {
         }
         if let Some(hook) = &self.connect_hook {
             let key = format!("{key}.connect_hook");
-            let http = reqwest::Url::parse(&hook.url).is_ok_and(|u| u.scheme() == "http");
-            ensure(http, &key, "url must be an http:// URL")?;
+            let url = reqwest::Url::parse(&hook.url);
+            let http = url.is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            ensure(http, &key, "url must be an http:// or https:// URL")?;
             nonzero(&format!("{key}.timeout"), hook.timeout)?;
             positive(&format!("{key}.max_in_flight"), hook.max_in_flight)?;
         }
@@ -191,6 +193,9 @@ pub struct HttpService {
     pub max_in_flight: usize,
     /// Poll every live connection this often; absent = no polling.
     pub polling_interval: Option<Duration>,
+    /// CA certificates (PEM) that the service's `https://` URLs must chain to, instead of the
+    /// system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 pub const HTTP_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -212,6 +217,7 @@ struct ServiceKeys {
     max_in_flight: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     polling_interval: Option<Duration>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 impl TryFrom<ServiceKeys> for Service {
@@ -227,6 +233,7 @@ impl TryFrom<ServiceKeys> for Service {
                     ("timeout", k.timeout.is_some()),
                     ("max_in_flight", k.max_in_flight.is_some()),
                     ("polling_interval", k.polling_interval.is_some()),
+                    ("tls_ca_file", k.tls_ca_file.is_some()),
                 ];
                 if let Some((name, _)) = http_only.iter().find(|(_, set)| *set) {
                     return Err(format!("{name} applies to type = \"http\" only"));
@@ -263,12 +270,10 @@ impl ServiceKeys {
             let url = reqwest::Url::parse(raw)
                 .map_err(|e| format!("url \"{raw}\" is not a valid URL ({e})"))?;
             match url.scheme() {
-                "http" => Ok(url),
-                "https" => Err(format!(
-                    "url \"{raw}\": https is not supported for legacy services; \
-                     use http:// on a trusted network or terminate TLS in a local proxy"
+                "http" | "https" => Ok(url),
+                other => Err(format!(
+                    "url \"{raw}\": scheme {other} is not http or https"
                 )),
-                other => Err(format!("url \"{raw}\": scheme {other} is not http")),
             }
         });
         let urls = urls.collect::<Result<_, _>>()?;
@@ -286,6 +291,7 @@ impl ServiceKeys {
             timeout: self.timeout.unwrap_or(HTTP_DEFAULT_TIMEOUT),
             max_in_flight: self.max_in_flight.unwrap_or(HTTP_DEFAULT_MAX_IN_FLIGHT),
             polling_interval: self.polling_interval,
+            tls_ca_file: self.tls_ca_file,
         })
     }
 }
@@ -325,6 +331,12 @@ impl RouteSettings {
                 nonzero(&format!("{key}.timeout"), http.timeout)?;
                 positive(&format!("{key}.max_in_flight"), http.max_in_flight)?;
                 nonzero(&format!("{key}.polling_interval"), http.polling_interval)?;
+                if let Some(ca) = &http.tls_ca_file {
+                    let https = http.urls.iter().any(|u| u.scheme() == "https");
+                    let ca_key = format!("{key}.tls_ca_file");
+                    ensure(https, &ca_key, "applies to https:// URLs only")?;
+                    pem::certificates(&ca_key, ca)?;
+                }
             }
         }
         Ok(())

@@ -39,6 +39,8 @@ pub struct HttpService {
     next_url: AtomicUsize,
     health: Vec<Mutex<UrlHealth>>,
     log: LogLimiter,
+    /// Its own client when it trusts its own CA (`tls_ca_file`); else the gateway's.
+    client: Option<reqwest::Client>,
 }
 
 impl std::fmt::Debug for HttpService {
@@ -48,6 +50,17 @@ impl std::fmt::Debug for HttpService {
             .field("urls", &self.config.urls)
             .finish_non_exhaustive()
     }
+}
+
+/// A client trusting only the CA certificates in `ca` (checked by config validation).
+fn own_client(ca: &std::path::Path) -> Result<reqwest::Client, reqwest::Error> {
+    let pem = std::fs::read(ca).unwrap_or_default();
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)?;
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tls_certs_only(roots)
+        .build()
 }
 
 /// One URL of a service as the admin page shows it.
@@ -66,7 +79,7 @@ struct UrlHealth {
 }
 
 impl HttpService {
-    pub fn new(name: String, metrics: usize, config: Settings) -> Self {
+    pub fn new(name: String, metrics: usize, config: Settings) -> Result<Self, reqwest::Error> {
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &config.headers {
             // Validated in config.
@@ -88,7 +101,11 @@ impl HttpService {
                 })
             })
             .collect();
-        Self {
+        let client = match &config.tls_ca_file {
+            Some(ca) => Some(own_client(ca)?),
+            None => None,
+        };
+        Ok(Self {
             name,
             metrics,
             in_flight: Semaphore::new(config.max_in_flight),
@@ -96,8 +113,9 @@ impl HttpService {
             next_url: AtomicUsize::new(0),
             health,
             log: LogLimiter::new(Duration::from_secs(5)),
+            client,
             config,
-        }
+        })
     }
 
     /// The next URL in round-robin order that is not backing off.
@@ -314,8 +332,8 @@ async fn request(
     i: usize,
     body: Bytes,
 ) -> Result<Vec<Action>, HttpResult> {
-    let sent = gw
-        .http_client
+    let client = service.client.as_ref().unwrap_or(&gw.http_client);
+    let sent = client
         .post(service.config.urls[i].clone())
         .headers(service.headers.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")

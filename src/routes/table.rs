@@ -46,7 +46,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table from validated settings; each route's limit sits under `node_limit`.
-    pub fn new(settings: &Settings, node_limit: &Arc<Limit>) -> Self {
+    pub fn new(settings: &Settings, node_limit: &Arc<Limit>) -> Result<Self, reqwest::Error> {
         let server = &settings.server;
         let mut table = Self {
             by_path: HashMap::new(),
@@ -69,7 +69,7 @@ impl RouteTable {
                     Service::Http(config) => {
                         let index = table.http_count;
                         table.http_count += 1;
-                        http.push(Arc::new(HttpService::new(name.clone(), index, config)));
+                        http.push(Arc::new(HttpService::new(name.clone(), index, config)?));
                     }
                 }
             }
@@ -96,7 +96,7 @@ impl RouteTable {
             table.by_path.insert(path.clone(), route.clone());
             table.list.push(route);
         }
-        table
+        Ok(table)
     }
 
     /// Exact match on the path; the query string is not part of it.
@@ -140,7 +140,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let t = RouteTable::new(&s, &Limit::new(10));
+        let t = RouteTable::new(&s, &Limit::new(10)).unwrap();
         let r = t.get("/quotes").unwrap();
         assert_eq!(r.request_channels.len(), 2);
         assert!(r.has_service("chartservice") && !r.has_service("nope"));

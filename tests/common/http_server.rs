@@ -37,64 +37,108 @@ pub struct HttpServer {
     pub addr: SocketAddr,
     requests: mpsc::UnboundedReceiver<Recorded>,
     task: tokio::task::JoinHandle<()>,
+    scheme: &'static str,
 }
+
+/// One connection: each request recorded and answered as the handler says.
+async fn serve<S>(stream: S, tx: mpsc::UnboundedSender<Recorded>, handler: Handler)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (tx, handler) = (tx.clone(), handler.clone());
+        async move {
+            let path = req.uri().path().to_string();
+            let headers = req.headers().clone();
+            let content_type = headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let raw = req.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            let answer = handler(&body);
+            let _ = tx.send(Recorded {
+                path,
+                content_type,
+                headers,
+                body,
+            });
+            let response = match answer {
+                Answer::Status(code, ct, body) => Response::builder()
+                    .status(code)
+                    .header("content-type", ct)
+                    .body(Full::new(Bytes::from(body))),
+                Answer::Json(v) => Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(v.to_string()))),
+                Answer::NoContent => Response::builder()
+                    .status(204)
+                    .body(Full::new(Bytes::new())),
+                Answer::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    unreachable!()
+                }
+            };
+            Ok::<_, Infallible>(response.unwrap())
+        }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+type Handler = Arc<dyn Fn(&Value) -> Answer + Send + Sync>;
 
 impl HttpServer {
     pub async fn start<F>(handler: F) -> Self
     where
         F: Fn(&Value) -> Answer + Send + Sync + 'static,
     {
+        Self::start_with(Arc::new(handler), None).await
+    }
+
+    /// The same over TLS, with `certs`' server certificate (for 127.0.0.1).
+    pub async fn start_tls<F>(handler: F, certs: &super::tls::TestCerts) -> Self
+    where
+        F: Fn(&Value) -> Answer + Send + Sync + 'static,
+    {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let chain = CertificateDer::pem_file_iter(certs.path("server.crt"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(certs.path("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut server = Self::start_with(Arc::new(handler), Some(acceptor)).await;
+        server.scheme = "https";
+        server
+    }
+
+    async fn start_with(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
-        let handler = Arc::new(handler);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (tx, handler) = (tx.clone(), handler.clone());
+                let (tx, handler, tls) = (tx.clone(), handler.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (tx, handler) = (tx.clone(), handler.clone());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let headers = req.headers().clone();
-                            let content_type = headers
-                                .get("content-type")
-                                .map(|v| v.to_str().unwrap().to_string())
-                                .unwrap_or_default();
-                            let raw = req.into_body().collect().await.unwrap().to_bytes();
-                            let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-                            let answer = handler(&body);
-                            let _ = tx.send(Recorded {
-                                path,
-                                content_type,
-                                headers,
-                                body,
-                            });
-                            let response = match answer {
-                                Answer::Status(code, ct, body) => Response::builder()
-                                    .status(code)
-                                    .header("content-type", ct)
-                                    .body(Full::new(Bytes::from(body))),
-                                Answer::Json(v) => Response::builder()
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(v.to_string()))),
-                                Answer::NoContent => Response::builder()
-                                    .status(204)
-                                    .body(Full::new(Bytes::new())),
-                                Answer::Hang => {
-                                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                                    unreachable!()
-                                }
-                            };
-                            Ok::<_, Infallible>(response.unwrap())
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                serve(stream, tx, handler).await;
+                            }
                         }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        None => serve(stream, tx, handler).await,
+                    }
                 });
             }
         });
@@ -102,11 +146,12 @@ impl HttpServer {
             addr,
             requests,
             task,
+            scheme: "http",
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub async fn next(&mut self) -> Recorded {
