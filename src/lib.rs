@@ -102,6 +102,8 @@ pub struct Gateway {
     pub started: std::time::Instant,
     /// TLS on the listener, when `[server.tls]` is set.
     pub tls: Option<Arc<http::tls::ServerTls>>,
+    /// Places for connections not yet upgraded, and the per-address handshake rate.
+    pub handshakes: http::handshake::HandshakeGuard,
 }
 
 impl Gateway {
@@ -189,6 +191,7 @@ impl Gateway {
         let presence = channels
             .as_ref()
             .is_some_and(|ch| ch.settings.presence.enabled);
+        let settings_server = settings.server.clone();
         let gateway = Gateway {
             node,
             response_channel,
@@ -207,6 +210,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
             tls,
+            handshakes: http::handshake::HandshakeGuard::new(&settings_server),
         };
         Ok((Arc::new(gateway), commands))
     }

@@ -137,6 +137,13 @@ label_enums! {
         SlotMoved => "slot_moved",
         MasterChanged => "master_changed",
     }
+    /// Why a connection was closed before its upgrade.
+    HandshakeRefusal as "reason" {
+        Timeout => "timeout",
+        HeadersTooLarge => "headers_too_large",
+        TooManyPending => "too_many_pending",
+        RateLimited => "rate_limited",
+    }
     /// How a reload of the listener's TLS certificate went.
     Reload as "result" {
         Ok => "ok",
@@ -344,6 +351,7 @@ pub struct Metrics {
     pub ready: Gauge,
     /// TLS handshakes on the listener that failed or timed out.
     pub tls_handshake_failures: Counter,
+    handshakes_refused: Box<[Counter]>,
     tls_reloads: Box<[Counter]>,
     resubscriptions: Box<[Counter]>,
     pub master_changes: Counter,
@@ -391,6 +399,8 @@ impl Metrics {
                 "Events waiting in the publish queues (all shards)";
             canary_round_trip = "refract_canary_round_trip_seconds",
                 "The last canary's round trip through the response channel";
+            handshakes_refused = "refract_handshakes_refused",
+                "Connections closed before their upgrade, by reason";
             tls_handshake_failures = "refract_tls_handshake_failures",
                 "TLS handshakes on the listener that failed or timed out";
             tls_reloads = "refract_tls_reloads",
@@ -439,11 +449,16 @@ impl Metrics {
             canary_round_trip,
             ready,
             tls_handshake_failures,
+            handshakes_refused: each(&handshakes_refused, HandshakeRefusal::ALL, |e| e),
             tls_reloads: each(&tls_reloads, Reload::ALL, |e| e),
             resubscriptions: each(&resubscriptions, Resubscribe::ALL, |e| e),
             master_changes,
             master,
         }
+    }
+
+    pub fn handshake_refused(&self, reason: HandshakeRefusal) {
+        self.handshakes_refused[reason as usize].inc();
     }
 
     pub fn tls_reloaded(&self, result: Reload) {

@@ -217,6 +217,8 @@ const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_publish_queue_depth gauge
 # HELP refract_canary_round_trip_seconds The last canary's round trip through the response channel.
 # TYPE refract_canary_round_trip_seconds gauge
+# HELP refract_handshakes_refused_total Connections closed before their upgrade, by reason.
+# TYPE refract_handshakes_refused_total counter
 # HELP refract_tls_handshake_failures_total TLS handshakes on the listener that failed or timed out.
 # TYPE refract_tls_handshake_failures_total counter
 # HELP refract_tls_reloads_total Reloads of the listener's TLS certificate, by result.
@@ -320,6 +322,10 @@ refract_events_published_total{route="/chat",type="message"}
 refract_events_published_total{route="/quotes",type="connect"}
 refract_events_published_total{route="/quotes",type="disconnect"}
 refract_events_published_total{route="/quotes",type="message"}
+refract_handshakes_refused_total{reason="headers_too_large"}
+refract_handshakes_refused_total{reason="rate_limited"}
+refract_handshakes_refused_total{reason="timeout"}
+refract_handshakes_refused_total{reason="too_many_pending"}
 refract_http_polls_total{route="/quotes",service="quoteservice"}
 refract_http_rejections_total{reason="bad_socket_token"}
 refract_http_rejections_total{reason="bad_upgrade"}

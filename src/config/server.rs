@@ -48,6 +48,16 @@ section! {
         /// How long shutdown waits for clients to close and events to drain.
         #[serde(with = "humantime_serde")]
         pub shutdown_grace: Duration = Duration::from_secs(10),
+        /// How long a new connection has for its TLS handshake, and a request for its headers.
+        #[serde(with = "humantime_serde")]
+        pub handshake_timeout: Duration = Duration::from_secs(10),
+        /// Largest request head (request line and headers); larger gets 431.
+        pub max_header_size: usize = 16 * 1024,
+        /// Connections between accept and upgrade at once; more are closed at accept.
+        pub max_pending_handshakes: usize = 4096,
+        /// New connections per second from one address (a bucket of one second's worth);
+        /// 0 = no limit.
+        pub handshakes_per_ip_per_second: f64 = 0.0,
         /// TLS on the listener (`wss://`, `https://`); absent = plain.
         pub tls: Option<TlsSettings> = None,
     }
@@ -92,6 +102,19 @@ impl ServerSettings {
             "must be longer than server.ping_interval, or live clients time out",
         )?;
         nonzero("server.write_timeout", self.write_timeout)?;
+        nonzero("server.handshake_timeout", self.handshake_timeout)?;
+        positive("server.max_pending_handshakes", self.max_pending_handshakes)?;
+        // 8192: the HTTP parser's smallest buffer.
+        let head = (8192..=READ_BUFFER_MAX).contains(&self.max_header_size);
+        let message = format!("must be between 8192 and {READ_BUFFER_MAX} bytes");
+        ensure(head, "server.max_header_size", message)?;
+        let rate = self.handshakes_per_ip_per_second;
+        let message = "must be a number of connections per second, 0 for no limit";
+        ensure(
+            rate.is_finite() && rate >= 0.0,
+            "server.handshakes_per_ip_per_second",
+            message,
+        )?;
         if let Some(tls) = &self.tls {
             pem::server_config(&tls.cert_file, &tls.key_file)?;
             nonzero("server.tls.reload_interval", tls.reload_interval)?;

@@ -4,11 +4,13 @@
 //!
 //! - [`serve`]: the accept loop; one hyper connection per TCP connection, drained on shutdown.
 //! - [`admission`]: a route's rules: addresses, origins, JWTs, the connect hook.
+//! - [`handshake`]: what a connection may cost before its upgrade (pending, rate, time).
 //! - [`limits`]: connection slots under the node's, the route's and the address's limits.
 //! - [`upgrade`]: what both doors share on the way to a WebSocket.
 //! - [`tls`]: TLS on the listener, and its certificate reloads.
 
 pub mod admission;
+pub mod handshake;
 pub mod limits;
 pub mod serve;
 pub mod tls;

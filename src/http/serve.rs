@@ -1,5 +1,7 @@
 //! The accept loop: one hyper HTTP/1 connection per TCP connection (over TLS when
-//! `[server.tls]` is set), each drained gracefully when the gateway shuts down.
+//! `[server.tls]` is set), each drained gracefully when the gateway shuts down. Until its
+//! upgrade a connection holds a place under [`crate::http::handshake`]'s limits, and has
+//! `server.handshake_timeout` for each step.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Gateway;
-
-/// How long a client has for the TLS handshake, and for a request's headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::http::handshake::Refused;
+use crate::metrics::HandshakeRefusal;
 
 /// Accepts until shutdown. Connections are spawned on `gw.tasks`.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
@@ -34,8 +35,24 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
                 }
             }
         };
+        let place = match gw.handshakes.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(place) => place,
+            Err(refused) => {
+                // Closed before anything is read: the cheapest answer to a flood.
+                gw.metrics.handshake_refused(match refused {
+                    Refused::TooManyPending => HandshakeRefusal::TooManyPending,
+                    Refused::RateLimited => HandshakeRefusal::RateLimited,
+                });
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        gw.clone().tasks.spawn(connection(gw.clone(), stream, peer));
+        let gw = gw.clone();
+        gw.clone().tasks.spawn(async move {
+            connection(gw, stream, peer).await;
+            // Upgraded (the session runs on its own task) or closed: the place is free.
+            drop(place);
+        });
     }
 }
 
@@ -45,9 +62,10 @@ async fn connection(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
         return http(gw, stream, peer).await;
     };
     let handshake = tls.acceptor().accept(stream);
+    let timeout = gw.settings.server.handshake_timeout;
     let stream = tokio::select! {
         _ = gw.shutdown.cancelled() => return,
-        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match done {
+        done = tokio::time::timeout(timeout, handshake) => match done {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 gw.metrics.tls_handshake_failures.inc();
@@ -56,6 +74,7 @@ async fn connection(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
             }
             Err(_) => {
                 gw.metrics.tls_handshake_failures.inc();
+                gw.metrics.handshake_refused(HandshakeRefusal::Timeout);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return;
             }
@@ -69,14 +88,21 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(|req| crate::http::handle(gw.clone(), peer, req));
+    let server = &gw.settings.server;
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(server.handshake_timeout)
+        .max_buf_size(server.max_header_size)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r {
+            if e.is_timeout() {
+                gw.metrics.handshake_refused(HandshakeRefusal::Timeout);
+            } else if e.is_parse_too_large() {
+                gw.metrics.handshake_refused(HandshakeRefusal::HeadersTooLarge);
+            }
             tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
         },
         _ = gw.shutdown.cancelled() => {
