@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's results.jsonl into docs/benchmarks/results.md and echo.png.
 
-Targets are those of issue #5; every ratio compares numbers measured in the same run.
+Targets are those of issue #5; every ratio compares numbers measured in the same run. Scenario 6
+(Redis Cluster) also goes to cluster.md on its own, so that a partial run (ONLY=cluster) can
+update it without touching results.md.
 """
 
 import argparse
@@ -67,6 +69,257 @@ def criterion_rows(root):
     return rows
 
 
+def run_header(a):
+    """Which commit, when and on what machine; the run's own output is not a change."""
+    out_rel = os.path.relpath(os.path.abspath(a.cluster_out or a.out), git("rev-parse", "--show-toplevel"))
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{out_rel}")
+    return [
+        f"- commit `{git('rev-parse', '--short', 'HEAD')}`"
+        + (" (with uncommitted changes)" if dirty and dirty != "?" else ""),
+        f"- {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, Redis {a.redis_version}",
+        f"- everything on one machine over 127.0.0.1: Redis, the echo service, the gateway and the "
+        f"load generator share the cores; the script took {a.elapsed} s",
+        "",
+    ]
+
+
+CLUSTER_MODES = (
+    ("standalone", "standalone Redis"),
+    ("sharded", "cluster, sharded (SPUBLISH)"),
+    ("onenode", "cluster, sharded, event and reply channels on one node"),
+    ("classic", "cluster, classic PUBLISH"),
+)
+# A Channels topic is one channel, on one node whatever the mode.
+CHANNELS_MODES = tuple(m for m in CLUSTER_MODES if m[0] != "onenode")
+
+
+def per_message_us(row, net=False):
+    """Redis CPU per message in microseconds (net: less what the servers use idle meanwhile)."""
+    if not row or not row.get("published") or row["result"].get("scenario") == "failed":
+        return None
+    cpu = row["redis_cpu_s"] - (row.get("redis_idle_cpu_s", 0) if net else 0)
+    return max(cpu, 0) / row["published"] * 1e6
+
+
+def us(v, digits=2):
+    return f"{v:.{digits}f}" if v is not None else "-"
+
+
+def ratio(v, base, digits=2):
+    return f"{v / base:.{digits}f}x" if v is not None and base else "-"
+
+
+def fanout_ms(row):
+    res = row["result"]
+    return res.get("median_publish_to_last_ms") if res.get("scenario") == "channels_fanout" else None
+
+
+def paired_ratios(rows, kind, mode):
+    """mode / standalone, Redis CPU per message, for each round that measured both (they ran
+    seconds apart, so the machine's load drifted least between them)."""
+    out = []
+    for label, row in sorted(rows.items()):
+        parts = label.split("/")
+        if len(parts) == 4 and parts[:3] == ["cluster", kind, mode]:
+            base = rows.get(f"cluster/{kind}/standalone/{parts[3]}")
+            v, b = per_message_us(row), per_message_us(base)
+            if v is not None and b:
+                out.append(v / b)
+    return out
+
+
+def paired_line(rows, kind):
+    parts = []
+    for mode in ("sharded", "onenode", "classic"):
+        r = paired_ratios(rows, kind, mode)
+        if r:
+            parts.append(f"{mode} / standalone " + ", ".join(f"{x:.2f}" for x in r)
+                         + f" (median {sorted(r)[len(r) // 2]:.2f})")
+    return "Round by round: " + "; ".join(parts) + "." if parts else ""
+
+
+def cluster_figures(rows):
+    """Scenario 6 by (kind, mode), kind one of echo, chfan, chstream: each mode ran a few times,
+    so the run with the median figure (a real run, not an average of them) and every run's figure,
+    sorted."""
+    runs = {}
+    for label, row in rows.items():
+        parts = label.split("/")
+        if len(parts) >= 3 and parts[0] == "cluster":
+            runs.setdefault((parts[1], parts[2]), []).append(row)
+    median, spread = {}, {}
+    for key, group in runs.items():
+        figure = fanout_ms if key[0] == "chfan" else per_message_us
+        ok = sorted((r for r in group if figure(r) is not None), key=figure)
+        if ok:
+            median[key] = ok[len(ok) // 2]
+            spread[key] = [figure(r) for r in ok]
+    return median, spread
+
+
+def spread_of(spread, key):
+    v = spread.get(key)
+    return f"{v[0]:.2f}-{v[-1]:.2f} ({len(v)})" if v else "-"
+
+
+def per_read(row):
+    """Messages per read from a client socket: how well Redis's work is batched (each wake-up
+    costs a system call or more, whatever it carries)."""
+    reads = row.get("redis_reads")
+    return f"{row['published'] / reads:.1f}" if reads else "-"
+
+
+def rest_cpu(row):
+    """What the rest of the machine used meanwhile (anything but Redis, gateway, service and
+    load generator): how noisy the run was."""
+    ours = sum(row.get(k, 0) for k in ("redis_cpu_s", "gateway_cpu_s", "echo_cpu_s"))
+    return max(row.get("machine_cpu_s", 0) - ours - (row["result"].get("loadgen_cpu_s") or 0), 0)
+
+
+def cluster_summary(c):
+    """The short table of results.md: Redis CPU per message and the two ratios."""
+    md = []
+    w = md.append
+    w("| traffic | standalone us/msg | sharded cluster us/msg | classic cluster us/msg | "
+      "sharded / standalone (target <= 1.2) | classic / standalone | the same, net of idle | "
+      "sharded, one node / standalone |")
+    w("|---|---:|---:|---:|---:|---:|---|---:|")
+    for kind, name in (("echo", "echo round trips (event + reply)"),
+                       ("chstream", "Channels ticks")):
+        v = {m: per_message_us(c.get((kind, m))) for m, _ in CLUSTER_MODES}
+        n = {m: per_message_us(c.get((kind, m)), net=True) for m, _ in CLUSTER_MODES}
+        base, sh = v["standalone"], v["sharded"]
+        judged = f" {yes(sh / base <= 1.2)}" if sh and base else ""
+        w(f"| {name} | {us(base)} | {us(sh)} | {us(v['classic'])} | {ratio(sh, base, 3)}{judged} | "
+          f"{ratio(v['classic'], base)} | {ratio(n['sharded'], n['standalone'])} / "
+          f"{ratio(n['classic'], n['standalone'])} | "
+          f"{ratio(v['onenode'], base) if kind == 'echo' else '(one node anyway)'} |")
+    return md
+
+
+def cluster_report(c, spread, rows, a):
+    """cluster.md: every figure of scenario 6."""
+    md = []
+    w = md.append
+    w("# refract benchmarks: Redis Cluster, Redis CPU per message")
+    w("")
+    w("Generated by `bench/run.sh` (scenario 6; `ONLY=cluster bench/run.sh` runs just this); do "
+      "not edit by hand. The rest of the benchmarks are in [results.md](results.md).")
+    w("")
+    md.extend(run_header(a))
+    w("One standalone `redis-server` and a 3-master Redis Cluster (no replicas, same settings plus "
+      "`cluster-enabled`) run side by side. **standalone**: the gateway and its services on the "
+      "one server. **sharded**: the gateway in `mode = \"cluster\"`, events and replies by "
+      "SSUBSCRIBE / SPUBLISH, so each message costs only the node owning its channel's slot. "
+      "**classic**: the same cluster with classic pub/sub: the gateway (`mode = \"standalone\"`) "
+      "on one node, the service on another, so the cluster bus carries every message to every "
+      "node. **sharded, one node** (echo only): sharded, with the gateway's `response_channel` "
+      "chosen so that its slot is on the node of the service's request channel, as both are on "
+      "the standalone server: it separates what cluster mode costs from what spreading a round "
+      "trip over two nodes' event loops costs.")
+    w("")
+    w("Redis CPU is the sum over the servers involved (1 or 3) of `INFO cpu` (user + system, "
+      "microsecond resolution) across the run; messages are the PUBLISH and SPUBLISH calls the "
+      "servers executed (from `INFO commandstats`; a message delivered over the cluster bus is "
+      "not a call, so it counts once). *Net* subtracts what the same servers used idle for as "
+      "long (measured just before: cron and cluster-bus pings).")
+    w("")
+    w("*Messages per Redis read* is the messages over the reads from client sockets the servers "
+      "did (`INFO stats`): the more each read carries, the less each message costs.")
+    w("")
+    runs = max((len(v) for v in spread.values()), default=0)
+    w(f"Redis's CPU per message falls as its load rises (more commands per wake-up), and the "
+      f"machine is shared, so each mode ran {runs} times, in rotating order; the tables show the "
+      f"run with each mode's median figure, and the range over all runs.")
+    w("")
+    w("Summary:")
+    w("")
+    md.extend(cluster_summary(c))
+    w("")
+
+    w("## Echo closed loop through the gateway")
+    w("")
+    echo = {m: c.get(("echo", m)) for m, _ in CLUSTER_MODES}
+    n = next((r["result"].get("conns") for r in echo.values() if r), "?")
+    w(f"{n} WebSocket connections, one 64-byte request in flight each; a round trip is two "
+      f"messages (the event, the reply).")
+    w("")
+    w("| Redis | nodes | round trips/s | p99 ms | messages | Redis CPU s (idle share) | "
+      "Redis us/message | Redis us/round trip | net us/message | ratio to standalone | "
+      "us/message, all runs | messages per Redis read | gateway us/round trip | "
+      "rest of machine, CPU s |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    base = per_message_us(echo["standalone"])
+    for m, name in CLUSTER_MODES:
+        row = echo[m]
+        v = per_message_us(row)
+        if v is None:
+            w(f"| {name} | | (did not run or failed) | | | | | | | | | | | |")
+            continue
+        res = row["result"]
+        trips = row["published"] / 2
+        w(f"| {name} | {row['redis_nodes']} | {res['rate']:,.0f} | "
+          f"{ms(res['latency']['p99_us'])} | {row['published']:,} | "
+          f"{row['redis_cpu_s']:.2f} ({row['redis_idle_cpu_s']:.2f}) | {us(v)} | {us(2 * v)} | "
+          f"{us(per_message_us(row, net=True))} | {ratio(v, base)} | "
+          f"{spread_of(spread, ('echo', m))} | {per_read(row)} | "
+          f"{row['gateway_cpu_s'] / trips * 1e6:.1f} | "
+          f"{rest_cpu(row):.1f} |")
+    w("")
+    sh = per_message_us(echo["sharded"])
+    if sh is not None and base:
+        w(f"Sharded cluster / standalone, Redis CPU per message: **{sh / base:.3f}x** (target "
+          f"<= 1.2x: {yes(sh / base <= 1.2)}); classic PUBLISH on the same cluster: "
+          f"**{ratio(per_message_us(echo['classic']), base)}**. {paired_line(rows, 'echo')}")
+        w("")
+
+    w("## Channels")
+    w("")
+    fan = {m: c.get(("chfan", m)) for m, _ in CHANNELS_MODES}
+    stream = {m: c.get(("chstream", m)) for m, _ in CHANNELS_MODES}
+    r0 = next((r["result"] for r in fan.values() if r and r["result"].get("conns")), {})
+    s0 = next((r["result"] for r in stream.values() if r and r["result"].get("conns")), {})
+    w(f"Fan-out: {r0.get('conns', '?'):,} Phoenix sockets joined to one topic (presence off), "
+      f"{len(r0.get('rounds', [])) or '?'} rounds of one tick (`PUBLISH to:fan:tick`, or "
+      f"`SPUBLISH to:{{fan}} tick:...`), timed from the publish to the last socket's frame. One "
+      f"tick costs Redis a few microseconds, less than it uses idle in a second, so Redis's CPU "
+      f"per message is measured on a stream instead: {s0.get('conns', '?')} sockets, "
+      f"{len(s0.get('rounds', [])) or '?'} rounds of {s0.get('burst', '?')} pipelined ticks.")
+    w("")
+    w("| Redis | fan-out: publish to last socket (median) | fan-out frames/s (median) | "
+      "fan-out ms, all runs | stream: messages | stream: Redis CPU s (idle share) | "
+      "Redis us/message | net us/message | ratio to standalone | us/message, all runs |")
+    w("|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    base = per_message_us(stream["standalone"])
+    for m, name in CHANNELS_MODES:
+        f, st = fan[m], stream[m]
+        fr = f["result"] if f else {}
+        if fr.get("scenario") == "channels_fanout":
+            timing = (f"{fr['median_publish_to_last_ms']} ms | {fr['median_frames_per_s']:,.0f} | "
+                      f"{spread_of(spread, ('chfan', m))}")
+        else:
+            timing = "(did not run or failed) | |"
+        v = per_message_us(st)
+        if v is None:
+            w(f"| {name} | {timing} | (did not run or failed) | | | | | |")
+            continue
+        w(f"| {name} | {timing} | {st['published']:,} | {st['redis_cpu_s']:.3f} "
+          f"({st['redis_idle_cpu_s']:.3f}) | {us(v)} | {us(per_message_us(st, net=True))} | "
+          f"{ratio(v, base)} | {spread_of(spread, ('chstream', m))} |")
+    w("")
+    w("The stream's rate is set by the gateway and the load generator, not by Redis, so what the "
+      "servers use idle (three nodes' cron and bus pings against one server's) weighs on the "
+      "figure per message in proportion to the run's length: where the idle share is a large part "
+      "of the CPU, the net figure is the cost of the messages themselves.")
+    w("")
+    line = paired_line(rows, "chstream")
+    if line:
+        w(f"Stream, Redis CPU per message: {line[0].lower()}{line[1:]}")
+        w("")
+    return md
+
+
 def plot(closed, names, out):
     try:
         import matplotlib
@@ -110,6 +363,7 @@ def main():
     ap.add_argument("--criterion")
     ap.add_argument("--echo")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cluster-out", help="where cluster.md goes (default: --out)")
     ap.add_argument("--elapsed", type=int, default=0)
     ap.add_argument("--redis-version", default="?")
     a = ap.parse_args()
@@ -118,7 +372,7 @@ def main():
     closed = {}
     for label, row in rows.items():
         res = row["result"]
-        if res.get("scenario") in ("ws", "ceiling") and "/" in label:
+        if res.get("scenario") in ("ws", "ceiling") and "/" in label and not label.startswith("cluster/"):
             who, n = label.rsplit("/", 1)
             res["_cpu"] = row
             closed[(who, int(n))] = res
@@ -136,15 +390,7 @@ def main():
       "How to read these numbers, the memory breakdown and the profile are in "
       "[analysis.md](analysis.md).")
     w("")
-    # The run's own output (already copied into place) does not count as a change.
-    out_rel = os.path.relpath(os.path.abspath(a.out), git("rev-parse", "--show-toplevel"))
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{out_rel}")
-    w(f"- commit `{git('rev-parse', '--short', 'HEAD')}`" + (" (with uncommitted changes)" if dirty and dirty != "?" else ""))
-    w(f"- {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
-      f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, Redis {a.redis_version}")
-    w(f"- everything on one machine over 127.0.0.1: Redis, the echo service, the gateway and the "
-      f"load generator share the cores; the script took {a.elapsed} s")
-    w("")
+    md += run_header(a)
 
     # ---- 1
     w("## 1. Echo round trips against the ceiling")
@@ -213,7 +459,7 @@ def main():
                 redis = f"{rr:.1f} / {rc:.1f}" if who == "refract" else "-"
                 w(f"| {n} | {who} | {g:.1f} | {redis} |")
     w("")
-    png = plot(closed, names, a.out)
+    png = plot(closed, names, a.out) if closed else None
     if png:
         w("![throughput and p99 against connections](echo.png)")
         w("")
@@ -321,6 +567,21 @@ def main():
       "`EXTRA_WS_URL=... EXTRA_NAME=... bench/run.sh` adds that gateway to the table above.")
     w("")
 
+    # ---- 6
+    cluster, spread = cluster_figures(rows)
+    w("## 6. Redis Cluster: Redis CPU per message")
+    w("")
+    if cluster:
+        w("The gateway's events and replies (and Channels ticks) through a 3-master Redis Cluster "
+          "next to a standalone Redis, same run. Sharded pub/sub costs one node per message, "
+          "classic PUBLISH on a cluster every node. Details, throughput and fan-out timings: "
+          "[cluster.md](cluster.md).")
+        w("")
+        md.extend(cluster_summary(cluster))
+    else:
+        w("(did not run or failed; see results.jsonl)")
+    w("")
+
     # ---- criterion
     crit = criterion_rows(a.criterion)
     w("## Criterion: the pure hot-path functions")
@@ -346,6 +607,14 @@ def main():
         w("")
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write("\n".join(md))
+    if cluster:
+        out = a.cluster_out or a.out
+        with open(os.path.join(out, "cluster.md"), "w") as f:
+            f.write("\n".join(cluster_report(cluster, spread, rows, a)))
+        with open(os.path.join(out, "cluster.jsonl"), "w") as f:
+            for label, row in rows.items():
+                if label.startswith("cluster/"):
+                    f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 //! Channels fan-out: N Phoenix sockets join one topic; one `PUBLISH to:<topic>:tick` is timed
-//! from the publish to the last socket's frame.
+//! from the publish to the last socket's frame. With `--sharded` the gateway is in a Redis Cluster
+//! and the tick is `SPUBLISH to:{<topic>} tick:<payload>`; with `--burst` each round is that many
+//! ticks in one pipeline, enough messages for Redis's CPU per message to be measurable.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,61 @@ pub struct Args {
     redis: String,
     #[arg(long, default_value = "fan")]
     topic: String,
+    /// `--redis` is a seed of a Redis Cluster, and ticks go out as sharded messages.
+    #[arg(long)]
+    sharded: bool,
+    /// Ticks per round, pipelined; a round ends when every socket has all of them. Keep it
+    /// below the gateway's `channels.outbound_queue` (1024), or sockets are closed as slow.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    burst: u32,
+    /// Pause before each round, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pause_ms: u64,
+}
+
+/// What a reader reports instead of a round when its socket closes: a round can no longer
+/// complete, and waiting for its deadline would only hide why.
+const CLOSED: u64 = u64::MAX;
+
+/// The publishing connection: to the server, or to the cluster node owning the topic's slot.
+enum Publisher {
+    Server(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Publisher {
+    async fn connect(a: &Args) -> anyhow::Result<Self> {
+        Ok(if a.sharded {
+            let client = redis::cluster::ClusterClient::new(vec![a.redis.as_str()])?;
+            Self::Cluster(client.get_async_connection().await?)
+        } else {
+            let client = redis::Client::open(a.redis.as_str())?;
+            Self::Server(client.get_multiplexed_async_connection().await?)
+        })
+    }
+
+    /// One round's ticks as one pipeline (all to one channel, hence one slot).
+    async fn ticks(&mut self, topic: &str, payload: &str, burst: u32) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for _ in 0..burst {
+            match self {
+                Self::Server(_) => pipe
+                    .cmd("PUBLISH")
+                    .arg(format!("to:{topic}:tick"))
+                    .arg(payload),
+                Self::Cluster(_) => pipe
+                    .cmd("SPUBLISH")
+                    .arg(format!("to:{{{topic}}}"))
+                    .arg(format!("tick:{payload}")),
+            }
+            .ignore();
+        }
+        match self {
+            Self::Server(c) => pipe.query_async::<()>(c).await?,
+            Self::Cluster(c) => pipe.query_async::<()>(c).await?,
+        }
+        Ok(())
+    }
 }
 
 /// `POST /token` (the endpoint must be open) for a token covering the topic.
@@ -84,6 +141,7 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
                         let _ = tx.send((v[4]["r"].as_u64().unwrap_or(0), Instant::now()));
                     }
                 }
+                let _ = tx.send((CLOSED, Instant::now()));
             });
             anyhow::Ok(())
         }));
@@ -92,25 +150,25 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
         j.await??;
     }
     let joined_in = started.elapsed();
-    let client = redis::Client::open(a.redis.as_str())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut publisher = Publisher::connect(&a).await?;
+    let frames = a.conns * a.burst as usize;
     let mut rounds = Vec::new();
     for r in 1..=u64::from(a.rounds) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(a.pause_ms)).await;
         let t0 = Instant::now();
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(format!("to:{}:tick", a.topic))
-            .arg(json!({"r": r, "pad": "x".repeat(64)}).to_string())
-            .query_async(&mut conn)
-            .await?;
+        let payload = json!({"r": r, "pad": "x".repeat(64)}).to_string();
+        publisher.ticks(&a.topic, &payload, a.burst).await?;
         let mut got = 0usize;
         let mut last = t0;
         let deadline = t0 + Duration::from_secs(60);
-        while got < a.conns {
+        while got < frames {
             let (round, at) = tokio::time::timeout_at(deadline.into(), rx.recv())
                 .await
                 .context("fan-out round timed out")?
                 .context("readers ended")?;
+            if round == CLOSED {
+                bail!("a socket closed during round {r} (the gateway closes slow clients)");
+            }
             if round == r {
                 got += 1;
                 last = last.max(at);
@@ -119,7 +177,7 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
         let took = last - t0;
         rounds.push(json!({
             "publish_to_last_ms": common::millis(took),
-            "frames_per_s": (a.conns as f64 / took.as_secs_f64()).round(),
+            "frames_per_s": (frames as f64 / took.as_secs_f64()).round(),
         }));
     }
     let mut fps: Vec<f64> = rounds
@@ -135,6 +193,9 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": "channels_fanout",
         "conns": a.conns,
+        "sharded": a.sharded,
+        "burst": a.burst,
+        "published": u64::from(a.rounds) * u64::from(a.burst),
         "joined_in_ms": common::millis(joined_in),
         "median_frames_per_s": fps[fps.len() / 2],
         "median_publish_to_last_ms": ms[ms.len() / 2],

@@ -4,12 +4,14 @@
 //! JSON on Redis pub/sub on the service side), so the same harness measures any gateway that
 //! speaks it. Each measuring subcommand prints one JSON object on stdout; logs go to stderr.
 //!
-//! - [`echo`]: the service: answers every `message` event on its request channel.
+//! - [`echo`]: the service: answers every `message` event on its request channel (sharded, in a
+//!   Redis Cluster, with `--cluster`).
 //! - [`ceiling`]: the same closed loop without a gateway, straight to Redis.
 //! - [`ws`]: the closed loop through a gateway over real WebSockets.
 //! - [`idle`]: many idle connections: accept time, gateway memory, a round trip while held.
 //! - [`fanout`]: one "publish" delivered to every connection (the Channels stand-in).
-//! - [`chfanout`]: Channels fan-out: one `PUBLISH to:<topic>:tick` to N joined Phoenix sockets.
+//! - [`chfanout`]: Channels fan-out: one `PUBLISH to:<topic>:tick` to N joined Phoenix sockets
+//!   (`SPUBLISH to:{<topic>}` with `--sharded`).
 //! - [`polling`]: N connections on a route whose HTTP service is polled; polls/s achieved.
 
 mod ceiling;
@@ -36,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The echo service: SUBSCRIBE the request channel, answer each `message` event on its
-    /// `responseChannel` with the same text.
+    /// `responseChannel` with the same text (SSUBSCRIBE and SPUBLISH with `--cluster`).
     Echo(echo::Args),
     /// Closed loop without a gateway: virtual clients PUBLISH `message` events, one subscriber
     /// routes the replies back by id.
