@@ -26,7 +26,9 @@ pub struct Member {
 }
 
 pub struct Hub {
-    topics: DashMap<Topic, Vec<Member>>,
+    /// Each topic's members by connection: a leave is one removal, so 10,000 members leaving
+    /// together cost 10,000 removals, not 10,000 scans of the list.
+    topics: DashMap<Topic, HashMap<ConnectionId, Member>>,
     metrics: Arc<Metrics>,
 }
 
@@ -41,8 +43,9 @@ impl Hub {
     /// Adds a member; true when it is the topic's first on this node (subscribe to it).
     pub fn join(&self, topic: &Topic, member: Member) -> bool {
         let mut members = self.topics.entry(topic.clone()).or_default();
-        members.push(member);
-        self.metrics.channels.joined.inc();
+        if members.insert(member.conn.clone(), member).is_none() {
+            self.metrics.channels.joined.inc();
+        }
         members.len() == 1
     }
 
@@ -51,10 +54,9 @@ impl Hub {
         let Some(mut members) = self.topics.get_mut(topic) else {
             return false;
         };
-        let before = members.len();
-        members.retain(|m| &m.conn != conn);
-        let removed = (before - members.len()) as i64;
-        self.metrics.channels.joined.dec_by(removed);
+        if members.remove(conn).is_some() {
+            self.metrics.channels.joined.dec();
+        }
         let empty = members.is_empty();
         drop(members);
         empty
@@ -86,7 +88,7 @@ impl Hub {
     pub fn snapshot(&self) -> Vec<(Topic, Vec<Member>)> {
         self.topics
             .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .map(|e| (e.key().clone(), e.value().values().cloned().collect()))
             .collect()
     }
 
@@ -107,7 +109,7 @@ impl Hub {
             .flatten();
         // Encoded once per distinct join_ref; the bytes are shared by reference count.
         let mut frames: HashMap<&str, Option<Message>> = HashMap::new();
-        for m in members.iter() {
+        for m in members.values() {
             let frame = frames.entry(&m.join_ref).or_insert_with(|| match json {
                 Some(text) => Some(Message::text(phoenix::push(
                     Some(&m.join_ref),
@@ -130,5 +132,46 @@ impl Hub {
                 Err(Refused::Closed) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(conn: &ConnectionId, join_ref: &str) -> Member {
+        Member {
+            conn: conn.clone(),
+            join_ref: join_ref.into(),
+            control: Arc::new(Control::new(16, 1 << 16)),
+            key: "k".into(),
+            meta: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn membership_is_one_entry_per_connection() {
+        let metrics = Arc::new(Metrics::new([], []));
+        let hub = Hub::new(metrics.clone());
+        let topic = Topic::new("room").unwrap();
+        let conns: Vec<ConnectionId> = (0..10_000).map(|_| ConnectionId::random()).collect();
+        for (i, c) in conns.iter().enumerate() {
+            assert_eq!(
+                hub.join(&topic, member(c, "1")),
+                i == 0,
+                "first member only"
+            );
+        }
+        // A rejoin replaces the connection's membership; it does not add one.
+        assert!(!hub.join(&topic, member(&conns[0], "2")));
+        assert_eq!(metrics.channels.joined.get(), 10_000);
+        assert_eq!(hub.topic_sizes(), vec![("room".to_string(), 10_000)]);
+        // Everyone leaves: only the last leave empties the topic.
+        for (i, c) in conns.iter().enumerate() {
+            assert_eq!(hub.leave(&topic, c), i == conns.len() - 1);
+        }
+        assert_eq!(metrics.channels.joined.get(), 0);
+        assert!(!hub.has_topic("room"));
+        assert!(!hub.leave(&topic, &conns[0]), "a second leave is a no-op");
     }
 }
