@@ -145,6 +145,34 @@ fn spawn_gateway(
     (cmd.spawn().unwrap(), port)
 }
 
+/// The child's stderr lines up to the first that `done` accepts (or all it wrote within
+/// [`WAIT`]); then the child is killed.
+fn stderr_until(child: &mut std::process::Child, done: impl Fn(&str) -> bool) -> Vec<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let last = done(&line);
+        seen.push(line);
+        if last {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    seen
+}
+
 async fn response_channels(redis: &Redis) -> Vec<String> {
     let mut c = redis.conn().await;
     let mut v: Vec<String> = redis::cmd("PUBSUB")
@@ -197,27 +225,10 @@ fn the_binary_logs_startup_to_stderr() {
     let redis = rt.block_on(Redis::start());
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _) = spawn_gateway(&redis, Some("log-node"), &dir);
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let seen = stderr_until(&mut child, |l| {
+        l.contains("refract starting") && l.contains("log-node")
     });
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut found = false;
-    while let Ok(line) =
-        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-    {
-        if line.contains("refract starting") && line.contains("log-node") {
-            found = true;
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let found = seen.last().is_some_and(|l| l.contains("log-node"));
     assert!(found, "startup line with the node id");
 }
 
@@ -320,28 +331,9 @@ fn redis_down_from_the_start_is_logged_as_such_with_its_url() {
     let redis = Redis::on_port(free_port());
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _) = spawn_gateway(&redis, Some("no-redis-node"), &dir);
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let seen = stderr_until(&mut child, |l| {
+        l.contains("cannot subscribe to the response channel yet")
     });
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    while let Ok(line) =
-        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-    {
-        let done = line.contains("cannot subscribe to the response channel yet");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
     let line = seen.last().unwrap();
     assert!(line.contains("cannot subscribe"), "{seen:#?}");
     assert!(line.contains(&redis.url()), "names the URL: {line}");

@@ -232,6 +232,23 @@ async fn the_listener_speaks_wss_and_https() {
     gw.stop().await;
 }
 
+/// Redis and a gateway whose listener uses the certificate in `dir` (checked every `reload`),
+/// once it answers `/readyz` over https trusting `ca`.
+async fn tls_gateway(
+    dir: &std::path::Path,
+    reload: &str,
+    ca: &std::path::Path,
+) -> (Redis, Gateway) {
+    let redis = Redis::start().await;
+    let redis_keys = format!("url = \"{}\"", redis.url());
+    let gw = Gateway::start_with_redis(&redis_keys, ROUTE, &tls_server(dir, reload)).await;
+    eventually("/readyz over https to be 200", || async {
+        (https_get(&gw, ca, "/readyz").await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    (redis, gw)
+}
+
 /// A certificate replaced on disk is picked up for new connections (the change is seen every
 /// `reload_interval`); a connection made before keeps working; a pair that does not load is
 /// refused, counted, and the previous certificate stays in use.
@@ -240,18 +257,8 @@ async fn a_replaced_certificate_is_used_for_new_connections() {
     let (first, second) = (TestCerts::generate(), TestCerts::generate());
     let dir = tempfile::tempdir().unwrap();
     install(&first, dir.path());
-    let redis = Redis::start().await;
-    let gw = Gateway::start_with_redis(
-        &format!("url = \"{}\"", redis.url()),
-        ROUTE,
-        &tls_server(dir.path(), "100ms"),
-    )
-    .await;
     let (ca1, ca2) = (first.path("ca.crt"), second.path("ca.crt"));
-    eventually("/readyz over https to be 200", || async {
-        (https_get(&gw, &ca1, "/readyz").await.ok()?.0 == 200).then_some(())
-    })
-    .await;
+    let (redis, gw) = tls_gateway(dir.path(), "100ms", &ca1).await;
     let mut service = redis.subscribe("echo.in").await;
     let tls = tls_connect(&gw, &ca1).await.unwrap();
     let url = format!("wss://127.0.0.1:{}/echo", gw.addr.port());
@@ -290,18 +297,7 @@ async fn sighup_reloads_the_certificate_at_once() {
     let (first, second) = (TestCerts::generate(), TestCerts::generate());
     let dir = tempfile::tempdir().unwrap();
     install(&first, dir.path());
-    let redis = Redis::start().await;
-    let gw = Gateway::start_with_redis(
-        &format!("url = \"{}\"", redis.url()),
-        ROUTE,
-        &tls_server(dir.path(), "1h"),
-    )
-    .await;
-    let ca1 = first.path("ca.crt");
-    eventually("/readyz over https to be 200", || async {
-        (https_get(&gw, &ca1, "/readyz").await.ok()?.0 == 200).then_some(())
-    })
-    .await;
+    let (_redis, gw) = tls_gateway(dir.path(), "1h", &first.path("ca.crt")).await;
     install(&second, dir.path());
     // The gateway's reload worker handles SIGHUP (it was installed before the port took
     // connections); sent to this test process, which is the gateway's.
