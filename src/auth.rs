@@ -12,6 +12,10 @@ use serde_json::{Map, Value};
 /// The longest clock skew a verifier may allow.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
 
+/// The most time a token is said to have left: "never" for any connection, and small enough
+/// that callers can add it to `Instant::now()` (an `exp` near `u64::MAX` would overflow that).
+pub const MAX_TIME_LEFT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// How a JWT is checked; `[... ] jwt = { ... }` in the config.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -84,15 +88,20 @@ impl Claims {
         self.map.get("sub").and_then(Value::as_str)
     }
 
-    /// `exp` as seconds since the epoch.
+    /// `exp` as seconds since the epoch. A NumericDate may be fractional (RFC 7519 section 2):
+    /// it is read as the verifier reads it (rounded), so an admitted token always has a deadline.
     pub fn expires_at(&self) -> Option<u64> {
-        self.map.get("exp").and_then(Value::as_u64)
+        let exp = self.map.get("exp")?;
+        exp.as_u64().or_else(|| {
+            let secs = exp.as_f64()?;
+            (secs.is_finite() && secs >= 0.0 && secs < u64::MAX as f64).then(|| secs.round() as u64)
+        })
     }
 
-    /// Time left before `exp`, from now (zero if already past).
+    /// Time left before `exp`, from now (zero if already past), at most [`MAX_TIME_LEFT`].
     pub fn time_left(&self) -> Option<Duration> {
         let exp = self.expires_at()?;
-        Some(Duration::from_secs(exp.saturating_sub(now_secs())))
+        Some(Duration::from_secs(exp.saturating_sub(now_secs())).min(MAX_TIME_LEFT))
     }
 }
 
@@ -343,6 +352,21 @@ mod tests {
     fn base64_url(b: &[u8]) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    #[test]
+    fn fractional_and_far_exp_still_give_a_deadline() {
+        let claims = |exp: Value| Claims {
+            map: json!({"exp": exp}).as_object().unwrap().clone(),
+        };
+        let soon = now_secs() as f64 + 60.4;
+        assert_eq!(claims(json!(soon)).expires_at(), Some(soon.round() as u64));
+        assert!(claims(json!(soon)).time_left().unwrap() <= Duration::from_secs(61));
+        let left = claims(json!(u64::MAX)).time_left().unwrap();
+        assert_eq!(left, MAX_TIME_LEFT);
+        let _ = std::time::Instant::now() + left;
+        assert_eq!(claims(json!(-1)).expires_at(), None);
+        assert_eq!(claims(json!(1e30)).expires_at(), None);
     }
 
     #[test]
