@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's results.jsonl into docs/benchmarks/results.md and echo.png.
 
-Targets are those of issue #5; every ratio compares numbers measured in the same run. Scenario 6
-(Redis Cluster) also goes to cluster.md on its own, so that a partial run (ONLY=cluster) can
-update it without touching results.md.
+Targets are those of issues #5 and #16; every ratio compares numbers measured in the same run.
+Scenarios 6 (Redis Cluster), 3c (fan-out ceiling), 3d (mass disconnect) and 7 (callgrind) also go
+to their own files (cluster.md, fanout-ceiling.md, mass-disconnect.md, callgrind.md), so that a
+partial run (ONLY=...) can update them without touching results.md.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 
 
@@ -320,6 +322,381 @@ def cluster_report(c, spread, rows, a):
     return md
 
 
+# ---- scenario 7: callgrind -------------------------------------------------------------------
+
+# Where a function's instructions go, by its (demangled) symbol; the first match wins. Callgrind
+# names a function by the symbol its code was compiled into, so inlined code counts where it was
+# inlined (release builds inline a lot: `decode` is what is left of prism/phoenix decoding and
+# serde_json's deserializer after inlining, and so on).
+CATEGORIES = (
+    ("decode", "Prism/Phoenix JSON decode",
+     r"^refract::(prism|phoenix)::.*(decode|parse)|^serde_json::(de|read)::|^serde_core::de::|"
+     r"^<&mut serde_json::de::|^<serde_json::read::|^core::str::converts::from_utf8|^core::str::validations"),
+    ("encode", "Prism/Phoenix JSON encode",
+     r"^refract::(prism|phoenix)::.*(encode|push|reply)|^serde_json::ser::|^serde_core::ser::|"
+     r"^<&mut serde_json::ser::"),
+    ("redis_read", "Redis read (RESP parse, pub/sub stream)",
+     r"^redis::parser|^<redis::parser|^combine::|^<combine::|^redis::aio::pubsub|"
+     r"^<redis::aio::pubsub|^redis::connection::Msg|^refract::redis::(pubsub|subscriber)|"
+     r"ValueCodec"),
+    ("redis_write", "Redis write (commands, pipelines)",
+     r"^redis::(cmd|pipeline|aio::multiplexed_connection)|^<redis::(cmd|pipeline|aio::multiplexed)|"
+     r"^refract::redis::(client|publisher)|^<redis::cmd::Cmd"),
+    ("ws", "WebSocket read/write (tungstenite, upgraded hyper I/O)",
+     r"tungstenite::|^<hyper::upgrade|^hyper::upgrade|^<hyper::common::io::rewind|"
+     r"^<hyper_util::rt::tokio::TokioIo"),
+    ("sched", "tokio scheduling, timers, sync and I/O driver",
+     r"^tokio::|^<tokio::|^tokio_util::(sync|task)|^<tokio_util::(sync|task)|^futures_util::|"
+     r"^<futures_util::|^<core::future::|^<core::pin::Pin<P> as core::future|^mio::|^<mio::"),
+    ("alloc", "allocation (malloc, free, Vec growth)",
+     r"^(malloc|free|realloc|calloc|cfree|_int_(malloc|free|realloc)|malloc_consolidate|"
+     r"tcache_|__libc_(malloc|free|realloc|calloc))|^__rustc::__(rust|rdl)_|^alloc::raw_vec::|"
+     r"^alloc::alloc::|^<alloc::raw_vec::"),
+    ("memcpy", "memcpy/memmove/memset/memcmp", r"^__(mem|wmem)|^mem(cpy|move|set|cmp)|^__memcpy"),
+    ("syscall", "system call wrappers (user side only)",
+     r"^(__libc_)?(recv|send|read|write|epoll_wait|epoll_ctl|writev|readv|syscall|__GI_|"
+     r"__libc_(recv|send|read|write))|^(recvfrom|sendto|recvmsg|sendmsg|__send|__recv|__write|"
+     r"__read|clock_gettime|__clock_gettime)"),
+    ("refract", "refract, other", r"^refract::|^<refract::"),
+)
+# Categories whose inclusive cost is not a phase: the scheduler and the socket/session tasks
+# (`refract::ws::driver::drive`) poll everything else.
+NO_INCLUSIVE = ("sched", "refract", "other")
+_CAT_RE = [(key, re.compile(rx)) for key, _, rx in CATEGORIES]
+
+
+def category(name):
+    name = re.sub(r"'\d+$", "", name)
+    for key, rx in _CAT_RE:
+        if rx.search(name):
+            return key
+    return "other"
+
+
+def parse_callgrind(path):
+    """A callgrind dump's totals, each function's self cost and each call edge's inclusive cost
+    (per event), keyed by function name (file and object ignored: inlined code shows up under
+    several files)."""
+    events, self_cost, edges = [], {}, {}
+    fn = cfn = None
+    in_call = False
+    names = {}
+
+    def name_of(v):
+        m = re.match(r"\((\d+)\)(?: (.*))?$", v)
+        if not m:
+            return v
+        if m.group(2) is not None:
+            names[m.group(1)] = m.group(2)
+        return names.get(m.group(1), v)
+
+    def add(d, key, values):
+        cur = d.setdefault(key, [0] * len(events))
+        for i, v in enumerate(values[: len(events)]):
+            cur[i] += v
+
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            c = line[0]
+            if c.isdigit() or c in "+-*":
+                parts = line.split()
+                values = [int(x) for x in parts[1:]]
+                if in_call:
+                    add(edges, (fn, cfn), values)
+                    in_call = False
+                else:
+                    add(self_cost, fn, values)
+                continue
+            key, _, value = line.partition("=")
+            if key == "fn":
+                fn = re.sub(r"'\d+$", "", name_of(value))
+            elif key == "cfn":
+                cfn = re.sub(r"'\d+$", "", name_of(value))
+            elif key == "calls":
+                in_call = True
+            elif line.startswith("events:"):
+                events = line.split(":", 1)[1].split()
+    return events, self_cost, edges
+
+
+def callgrind_split(path):
+    """Per category: self instructions (a partition of the total) and inclusive instructions
+    (the calls that enter the category from a function outside it, with all they call), and
+    the top functions by inclusive cost. Only the first event (Ir) is split; totals of every
+    event are returned."""
+    events, self_cost, edges = parse_callgrind(path)
+    n = len(events)
+    totals = [sum(v[i] for v in self_cost.values()) for i in range(n)]
+    cat = {f: category(f) for f in set(self_cost) | {c for _, c in edges} | {a for a, _ in edges}}
+    selfs, incl = {}, {}
+    for f, v in self_cost.items():
+        selfs[cat[f]] = selfs.get(cat[f], 0) + v[0]
+    inclusive = {f: v[0] for f, v in self_cost.items()}
+    for (a, b), v in edges.items():
+        if a != b:
+            inclusive[a] = inclusive.get(a, 0) + v[0]
+        if cat.get(a) != cat[b]:
+            incl[cat[b]] = incl.get(cat[b], 0) + v[0]
+    # Inclusive per function double-counts through recursion (a task's poll polls tasks), so
+    # the categories without an inclusive figure list their top functions by self cost.
+    top = {}
+    for source, no_incl in ((inclusive, False), ({f: v[0] for f, v in self_cost.items()}, True)):
+        for f, v in sorted(source.items(), key=lambda kv: -kv[1]):
+            if (cat[f] in NO_INCLUSIVE) != no_incl:
+                continue
+            lst = top.setdefault(cat[f], [])
+            if len(lst) < 3:
+                lst.append((f, v))
+    return dict(zip(events, totals)), selfs, incl, top
+
+
+def cg_rows(rows, work):
+    """Scenario 7's figures: (kind, row, dump split, echo service's split or None)."""
+    out = []
+    for label, row in sorted(rows.items()):
+        parts = label.split("/")
+        if parts[0] != "callgrind" or row["result"].get("scenario") == "failed":
+            continue
+        kind = parts[1]
+        dumps = {"echo": ("cg-gateway-echo.dump", "cg-echo-service.dump"),
+                 "chfan": ("cg-gateway-fan.dump", None)}[kind]
+        gw = os.path.join(work or "", dumps[0])
+        if not work or not os.path.exists(gw):
+            continue
+        svc = os.path.join(work, dumps[1]) if dumps[1] else None
+        out.append((kind, row, callgrind_split(gw),
+                    callgrind_split(svc) if svc and os.path.exists(svc) else None))
+    return out
+
+
+def units(kind, res):
+    """Round trips done (echo) or frames delivered (fan-out)."""
+    if kind == "echo":
+        return res["latency"]["count"]
+    return res["conns"] * res["published"] * res.get("burst", 1)
+
+
+def callgrind_summary(cg):
+    md = []
+    w = md.append
+    w("| measure | gateway instructions | per unit | system calls per unit | echo service per unit | gateway / echo service |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for kind, row, (tot, _, _, _), svc in cg:
+        res = row["result"]
+        n = units(kind, res)
+        what = (f"echo round trip ({n:,} over {res['conns']} connections)" if kind == "echo"
+                else f"Channels frame delivered ({res['conns']:,} sockets x {res['published']} broadcasts)")
+        sys_ = f"{tot['sysCount'] / n:.2f}" if "sysCount" in tot else "-"
+        if svc:
+            e = svc[0]["Ir"] / n
+            es, ratio_ = f"{e:,.0f}", f"{tot['Ir'] / n / e:.2f}x"
+        else:
+            es = ratio_ = "-"
+        w(f"| {what} | {tot['Ir']:,} | **{tot['Ir'] / n:,.0f}** | {sys_} | {es} | {ratio_} |")
+    return md
+
+
+def callgrind_report(cg, a):
+    md = []
+    w = md.append
+    w("# refract benchmarks: instructions per round trip and per fan-out frame (callgrind)")
+    w("")
+    w("Generated by `bench/run.sh` (scenario 7; `ONLY=callgrind bench/run.sh` runs just this, in "
+      "about a minute); do not edit by hand. The rest of the benchmarks are in "
+      "[results.md](results.md).")
+    w("")
+    md.extend(run_header(a))
+    w("The gateway runs under `valgrind --tool=callgrind`, which counts the instructions it "
+      "executes (Ir): the same binary and load give (nearly) the same count however busy the "
+      "machine is, so two builds can be compared instruction for instruction. The load generator "
+      "zeroes the counters (`callgrind_control -z`) once its clients are connected (or joined), "
+      "does a fixed amount of work, and dumps them (`callgrind_control -d`) before anything "
+      "closes: start-up, handshakes, joins and shutdown are not counted.")
+    w("")
+    w("- **echo**: a fixed number of closed-loop round trips (64-byte text, one in flight per "
+      "connection) through the `/cg` route, whose echo service (`refract-bench echo`, the same "
+      "code as in scenario 1) runs under callgrind too, zeroed and dumped at the same moments: "
+      "its instructions per round trip are the comparison the issue asks for (it reads a "
+      "message from Redis, decodes the JSON, encodes a reply and publishes it).")
+    w("- **Channels**: sockets joined to one topic (presence off); each broadcast is one "
+      "`PUBLISH to:fan:tick`; instructions per frame = all the gateway's instructions between "
+      "zero and dump / (sockets x broadcasts), the 100 ms pauses between broadcasts included.")
+    w("")
+    w("Caveats: Ir counts user-space instructions only; the kernel's share (socket reads and "
+      "writes, epoll) is not in it, so *system calls per unit* (callgrind's `sysCount`) is shown "
+      "next to it. Under callgrind the process is ~50x slower and its threads run one at a time, "
+      "so batching (how many messages one wake-up carries) differs from a normal run; the count "
+      "is stable for a given build and load, and that is what it is for. Timer-driven work "
+      "during the measured phase (heartbeat checks, the presence worker) is included.")
+    w("")
+    md.extend(callgrind_summary(cg))
+    w("")
+    for kind, row, (tot, selfs, incl, top), svc in cg:
+        n = units(kind, row["result"])
+        unit = "round trip" if kind == "echo" else "frame"
+        w(f"## Gateway instructions per {unit}, by category"
+          + (" (echo)" if kind == "echo" else " (Channels fan-out)"))
+        w("")
+        w("*Self* is the instructions executed in the category's own functions (the self columns "
+          "add up to the total). *Inclusive* is the instructions of the calls entering the "
+          "category from outside it, with everything they call (so decode includes the "
+          "allocation it does, and the inclusive columns overlap); for tokio scheduling and "
+          "refract's own tasks the inclusive figure would be every task's poll, so only their "
+          "self cost is shown.")
+        w("")
+        w(f"| category | Ir per {unit}, self | share | Ir per {unit}, inclusive | top functions, Ir per {unit} (inclusive; self where there is no inclusive figure) |")
+        w("|---|---:|---:|---:|---|")
+        keys = [k for k, _, _ in CATEGORIES] + ["other"]
+        label = {k: name for k, name, _ in CATEGORIES}
+        label["other"] = "other (std, libc, hyper, tracing, ...)"
+        for k in keys:
+            sv = selfs.get(k, 0)
+            iv = "-" if k in NO_INCLUSIVE else f"{incl.get(k, 0) / n:,.0f}"
+            tops = "; ".join(f"`{f[:90]}` {v / n:,.0f}" for f, v in top.get(k, [])[:2])
+            w(f"| {label[k]} | {sv / n:,.0f} | {sv / tot['Ir'] * 100:.1f}% | {iv} | {tops} |")
+        w(f"| **total** | **{tot['Ir'] / n:,.0f}** | 100% | | |")
+        w("")
+    w("## Which symbols go where")
+    w("")
+    w("Functions are put in the first category whose pattern (a Python regex on the demangled "
+      "name, recursion suffix `'N` removed) matches; anything else is *other*.")
+    w("")
+    w("| category | pattern |")
+    w("|---|---|")
+    for _, name, rx in CATEGORIES:
+        w(f"| {name} | `{rx.replace('|', '&#124;')}` |")
+    w("")
+    w("Reproduce: `ONLY=callgrind bench/run.sh` (knobs `CG_ROUND_TRIPS`, `CG_CONNS`, "
+      "`CG_FAN_CONNS`, `CG_FAN_ROUNDS`; `GATEWAY_BIN=path` to count another build; the dumps stay "
+      "in the work directory for `callgrind_annotate --inclusive=yes`).")
+    w("")
+    return md
+
+
+# ---- scenario 3c: the fan-out ceiling ---------------------------------------------------------
+
+def fanceil(rows):
+    """{n: [(raw_ms, refract_ms, raw row, refract row)]} for each repetition that measured both."""
+    out = {}
+    for label, row in rows.items():
+        parts = label.split("/")
+        if len(parts) == 4 and parts[:2] == ["fanceil", "raw"]:
+            other = rows.get(f"fanceil/refract/{parts[2]}/{parts[3]}")
+            r, g = row["result"], other["result"] if other else {}
+            if r.get("scenario") == "raw_fanout" and g.get("scenario") == "channels_fanout":
+                out.setdefault(int(parts[2]), []).append(
+                    (r["median_publish_to_last_ms"], g["median_publish_to_last_ms"], row, other))
+    return out
+
+
+def fanceil_summary(fc):
+    md = []
+    w = md.append
+    w("| sockets | raw ceiling: publish to last (median) | refract Channels (median) | "
+      "refract / ceiling, frames/s (median of pairs) | each pair | target | CPU per frame, us: ceiling / refract |")
+    w("|---:|---:|---:|---:|---|---|---:|")
+    for n in sorted(fc):
+        pairs = fc[n]
+        ratios = sorted(raw / ref for raw, ref, _, _ in pairs)
+        med = ratios[len(ratios) // 2]
+        raws = sorted(p[0] for p in pairs)
+        refs = sorted(p[1] for p in pairs)
+        target = yes(med >= 0.7) if n >= 10_000 else "(not a target)"
+
+        def cpu(row):
+            res = row["result"]
+            frames = res["conns"] * res["published"]
+            return row["gateway_cpu_s"] / frames * 1e6 if frames else 0
+
+        c_raw = sorted(cpu(p[2]) for p in pairs)[len(pairs) // 2]
+        c_ref = sorted(cpu(p[3]) for p in pairs)[len(pairs) // 2]
+        w(f"| {n:,} | {raws[len(raws) // 2]} ms | {refs[len(refs) // 2]} ms | **{med:.2f}** | "
+          f"{', '.join(f'{x:.2f}' for x in ratios)} | {target} | {c_raw:.2f} / {c_ref:.2f} |")
+    return md
+
+
+def fanceil_report(fc, a):
+    md = []
+    w = md.append
+    w("# refract benchmarks: the fan-out ceiling")
+    w("")
+    w("Generated by `bench/run.sh` (scenario 3c; `ONLY=fanout-ceiling bench/run.sh` runs just "
+      "this); do not edit by hand. The rest of the benchmarks are in [results.md](results.md).")
+    w("")
+    md.extend(run_header(a))
+    w("**raw ceiling**: `refract-bench rawfanout`, a minimal tokio program (no Redis, no JSON, no "
+      "Phoenix): it accepts the WebSocket clients (handshake by hand), and for each text it gets "
+      "on a control connection encodes one text frame once and writes those bytes to every "
+      "socket (a `tokio::sync::broadcast` of the shared frame, one task per socket). The text is "
+      "the one refract sends for the tick, so the frames are the same size. **refract**: Channels "
+      "sockets joined to one topic (presence off), one `PUBLISH to:fan:tick` per broadcast. Both "
+      "driven by `refract-bench chfanout` (with `--raw` for the ceiling): the same clients, "
+      "timed from the publish (the control write, or the PUBLISH) to the last socket holding "
+      "its frame; each figure is the median of its broadcasts.")
+    w("")
+    w("The ratio is refract's frames/s over the ceiling's, i.e. ceiling time / refract time, "
+      "for each pair of runs (ceiling and refract back to back, the order alternating), and "
+      "its median. CPU per frame is the server's CPU (from /proc, 10 ms ticks) over the "
+      "frames, the whole run (connecting and joining included).")
+    w("")
+    md.extend(fanceil_summary(fc))
+    w("")
+    w("Reproduce: `ONLY=fanout-ceiling bench/run.sh` (knobs `CEIL_FAN_CONNS`, `CEIL_REPEAT`, "
+      "`FAN_ROUNDS`).")
+    w("")
+    return md
+
+
+# ---- scenario 3d: mass disconnect -------------------------------------------------------------
+
+def mass_rows(rows):
+    return [r for l, r in sorted(rows.items(), key=lambda kv: kv[0])
+            if l.startswith("mass/") and r["result"].get("scenario") == "mass_disconnect"]
+
+
+def mass_summary(mr):
+    md = []
+    w = md.append
+    w("| members | presence | joined in | `refract_channels_joined` back to 0 | presence hash empty | clean (both) | clients saw their close done |")
+    w("|---:|---|---:|---:|---:|---:|---:|")
+    for row in mr:
+        r = row["result"]
+        pres = f"{r['presence_clean_ms']:.0f} ms ({r['presence_entries_before']:,} entries)" if r["presence"] else "(presence off)"
+        w(f"| {r['conns']:,} | {'on' if r['presence'] else 'off'} | {r['joined_in_ms'] / 1000:.2f} s | "
+          f"{r['members_clean_ms']:.0f} ms | {pres} | **{r['clean_ms']:.0f} ms** | "
+          f"{r['clients_closed_ms']:.0f} ms ({r['clients_closed']:,}) |")
+    return md
+
+
+def mass_report(mr, a):
+    md = []
+    w = md.append
+    w("# refract benchmarks: mass disconnect")
+    w("")
+    w("Generated by `bench/run.sh` (scenario 3d; `ONLY=mass-disconnect bench/run.sh` runs just "
+      "this); do not edit by hand. The rest of the benchmarks are in [results.md](results.md).")
+    w("")
+    md.extend(run_header(a))
+    w("N Phoenix sockets join one topic; once the gateway's `refract_channels_joined` gauge (and, "
+      "with presence on, the topic's `refract:presence:<topic>` hash) shows all of them, every "
+      "socket sends its WebSocket close at once. Timed from that moment to the gauge back at 0 "
+      "and the hash empty (`HLEN`), polled every 5 ms (plus a scrape of /metrics each time).")
+    w("")
+    w("With presence on, every join is announced to every member (O(n^2) frames: 50 million at "
+      "10,000 members, far beyond a benchmark's minutes at ~50,000 frames/s), so the presence part "
+      "runs with fewer members (`MASS_PRESENCE_CONNS`), and a per-socket queue "
+      "(`channels.outbound_queue`) large enough for the join phase's announcements.")
+    w("")
+    md.extend(mass_summary(mr))
+    w("")
+    w("Reproduce: `ONLY=mass-disconnect bench/run.sh` (knobs `MASS_CONNS`, `MASS_PRESENCE_CONNS`).")
+    w("")
+    return md
+
+
 def plot(closed, names, out):
     try:
         import matplotlib
@@ -364,6 +741,7 @@ def main():
     ap.add_argument("--echo")
     ap.add_argument("--out", required=True)
     ap.add_argument("--cluster-out", help="where cluster.md goes (default: --out)")
+    ap.add_argument("--work", help="the run's work directory (callgrind dumps)")
     ap.add_argument("--elapsed", type=int, default=0)
     ap.add_argument("--redis-version", default="?")
     a = ap.parse_args()
@@ -439,8 +817,9 @@ def main():
     w("Gateway CPU per round trip (gateway CPU seconds / round trips in the same run; Redis's "
       "only where the gateway uses the run's own Redis):")
     w("")
-    w("| conns | gateway | gateway us CPU per round trip | Redis us per round trip (with / without gateway) |")
-    w("|---:|---|---:|---:|")
+    w("| conns | gateway | gateway us CPU per round trip | echo service us CPU per round trip | "
+      "gateway / echo service | Redis us per round trip (with / without gateway) |")
+    w("|---:|---|---:|---:|---:|---:|")
     for n in conns:
         c = closed.get(("ceiling", n))
         for who in names:
@@ -457,7 +836,11 @@ def main():
                 rr = r["_cpu"]["redis_cpu_s"] / (total_r * span_r) * 1e6
                 rc = c["_cpu"]["redis_cpu_s"] / (total_c * span_c) * 1e6
                 redis = f"{rr:.1f} / {rc:.1f}" if who == "refract" else "-"
-                w(f"| {n} | {who} | {g:.1f} | {redis} |")
+                # The echo service serves every gateway of the run; its CPU is only known for
+                # the gateways that use the run's own Redis.
+                e = r["_cpu"].get("echo_cpu_s", 0) / (total_r * span_r) * 1e6
+                es, ratio_ = (f"{e:.1f}", f"{g / e:.2f}x") if e and who == "refract" else ("-", "-")
+                w(f"| {n} | {who} | {g:.1f} | {es} | {ratio_} | {redis} |")
     w("")
     png = plot(closed, names, a.out) if closed else None
     if png:
@@ -544,6 +927,31 @@ def main():
         w("(did not run or failed; see results.jsonl)")
     w("")
 
+    # ---- 3c, 3d
+    fc = fanceil(rows)
+    w("## 3c. Fan-out ceiling")
+    w("")
+    if fc:
+        w("refract's Channels fan-out against a minimal tokio server writing one pre-encoded frame "
+          "to each socket, same clients, same timing (target: >= 0.7 of the ceiling at 10,000 "
+          "sockets). Details: [fanout-ceiling.md](fanout-ceiling.md).")
+        w("")
+        md.extend(fanceil_summary(fc))
+    else:
+        w("(did not run or failed; see results.jsonl)")
+    w("")
+    mr = mass_rows(rows)
+    w("## 3d. Mass disconnect")
+    w("")
+    if mr:
+        w("Every member of one topic closes at once: time until membership and presence are "
+          "clean. Details: [mass-disconnect.md](mass-disconnect.md).")
+        w("")
+        md.extend(mass_summary(mr))
+    else:
+        w("(did not run or failed; see results.jsonl)")
+    w("")
+
     # ---- 4, 5
     w("## 4. HTTP polling")
     w("")
@@ -582,6 +990,19 @@ def main():
         w("(did not run or failed; see results.jsonl)")
     w("")
 
+    # ---- 7
+    cg = cg_rows(rows, a.work)
+    w("## 7. Instructions per round trip and per fan-out frame (callgrind)")
+    w("")
+    if cg:
+        w("Counted by callgrind, not timed: stable whatever else the machine does. The split by "
+          "function and the symbol patterns: [callgrind.md](callgrind.md).")
+        w("")
+        md.extend(callgrind_summary(cg))
+    else:
+        w("(did not run or failed; see results.jsonl)")
+    w("")
+
     # ---- criterion
     crit = criterion_rows(a.criterion)
     w("## Criterion: the pure hot-path functions")
@@ -607,6 +1028,13 @@ def main():
         w("")
     with open(os.path.join(a.out, "results.md"), "w") as f:
         f.write("\n".join(md))
+    own = a.cluster_out or a.out
+    for name, figures, report in (("callgrind", cg, callgrind_report),
+                                  ("fanout-ceiling", fc, fanceil_report),
+                                  ("mass-disconnect", mr, mass_report)):
+        if figures:
+            with open(os.path.join(own, f"{name}.md"), "w") as f:
+                f.write("\n".join(report(figures, a)))
     if cluster:
         out = a.cluster_out or a.out
         with open(os.path.join(out, "cluster.md"), "w") as f:

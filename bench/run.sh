@@ -15,10 +15,21 @@
 #   CLUSTER_CONNS=100 CLUSTER_WARMUP=1 CLUSTER_DURATION=6 CLUSTER_REPEAT=5 CLUSTER_FAN_CONNS=1000
 #   CLUSTER_STREAM_CONNS=10 CLUSTER_STREAM_ROUNDS=100 CLUSTER_STREAM_BURST=500 CLUSTER_IDLE=3
 #                             scenario 6 (Redis CPU per message, standalone vs a 3-master cluster)
-#   ONLY="cluster"            run only these scenarios (echo idle fanout chfanout polling
-#                             criterion cluster), e.g. ONLY=cluster takes a few minutes; a partial
-#                             run leaves results.md alone (its report goes to the work directory)
-#                             and writes cluster.md when it measured the cluster
+#   CG_ROUND_TRIPS=20000 CG_CONNS=100 CG_FAN_CONNS=1000 CG_FAN_ROUNDS=5
+#                             scenario 7 (instructions per echo round trip and per Channels frame,
+#                             the gateway and the echo service under valgrind's callgrind)
+#   CEIL_FAN_CONNS="1000 10000" CEIL_REPEAT=3
+#                             scenario 3c (Channels fan-out against a raw tokio fan-out server)
+#   MASS_CONNS=10000 MASS_PRESENCE_CONNS=500
+#                             scenario 3d (mass disconnect; presence off, then presence on)
+#   GATEWAY_BIN=path          measure this refract binary instead of the one built here
+#   BUILD=0                   skip the build, use target/release's binaries (criterion skipped)
+#   ONLY="cluster"            run only these scenarios (echo idle fanout chfanout fanout-ceiling
+#                             mass-disconnect polling callgrind criterion cluster), e.g.
+#                             ONLY=cluster takes a few minutes; a partial run leaves results.md
+#                             alone (its report goes to the work directory) and writes the own
+#                             files of the scenarios it ran: cluster.md, callgrind.md,
+#                             fanout-ceiling.md, mass-disconnect.md
 #   EXTRA_WS_URL=ws://host:port/path EXTRA_NAME=other [EXTRA_PID=pid]
 #                             also run the closed loop against another gateway; its route must
 #                             echo text (e.g. `refract-bench echo --redis ... --channel ...`
@@ -47,6 +58,14 @@ CLUSTER_STREAM_CONNS=${CLUSTER_STREAM_CONNS:-10}
 CLUSTER_STREAM_ROUNDS=${CLUSTER_STREAM_ROUNDS:-100}
 CLUSTER_STREAM_BURST=${CLUSTER_STREAM_BURST:-500}
 CLUSTER_IDLE=${CLUSTER_IDLE:-3}
+CG_ROUND_TRIPS=${CG_ROUND_TRIPS:-20000}
+CG_CONNS=${CG_CONNS:-100}
+CG_FAN_CONNS=${CG_FAN_CONNS:-1000}
+CG_FAN_ROUNDS=${CG_FAN_ROUNDS:-5}
+CEIL_FAN_CONNS=${CEIL_FAN_CONNS:-"1000 10000"}
+CEIL_REPEAT=${CEIL_REPEAT:-3}
+MASS_CONNS=${MASS_CONNS:-10000}
+MASS_PRESENCE_CONNS=${MASS_PRESENCE_CONNS:-500}
 ONLY=${ONLY:-}
 OUT=${OUT:-docs/benchmarks}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -133,17 +152,22 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
         || log "matplotlib unavailable: results.md is written without the plot"
 fi
 
-log "building refract, refract-bench and the criterion benches (release)"
-# The criterion bench is built here too and its executable run directly below: a separate
-# `cargo bench` resolves features differently and would rebuild a good part of the tree.
-CRITERION_EXE=$(cargo build --release --locked -p refract -p refract-bench --bins --bench prism \
-    --message-format=json-render-diagnostics | python3 -c '
+if [ "${BUILD:-1}" = 1 ]; then
+    log "building refract, refract-bench and the criterion benches (release)"
+    # The criterion bench is built here too and its executable run directly below: a separate
+    # `cargo bench` resolves features differently and would rebuild a good part of the tree.
+    CRITERION_EXE=$(cargo build --release --locked -p refract -p refract-bench --bins --bench prism \
+        --message-format=json-render-diagnostics | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "prism" and m.get("executable"):
         print(m["executable"])')
-GATEWAY=$TARGET_DIR/release/refract
+else
+    log "BUILD=0: using the binaries already in $TARGET_DIR/release (no criterion)"
+    CRITERION_EXE=
+fi
+GATEWAY=${GATEWAY_BIN:-$TARGET_DIR/release/refract}
 BENCH=$TARGET_DIR/release/refract-bench
 ulimit -n "$(ulimit -Hn)"
 log "file limit per process: $(ulimit -n)"
@@ -166,8 +190,13 @@ sleep 0.5
 GW_PID=
 GW_PORT=
 POLL_PORT=$(free_port)
+# For one gateway: a command it runs under (valgrind), Channels presence, per-socket queue.
+GW_WRAP=()
+PRESENCE=false
+OUTBOUND_QUEUE=1024
 start_gateway() { # $1: a name for its log, $2: the [redis] section's keys (default: the run's Redis)
-    local redis_keys=${2:-"url = \"$REDIS_URL\""}
+    local redis_keys=${2:-"url = \"$REDIS_URL\""} tries=100
+    [ "${#GW_WRAP[@]}" = 0 ] || tries=1200 # valgrind takes a while to start
     GW_PORT=$(free_port)
     cat >"$WORK/refract.toml" <<EOF
 node_id = "bench"
@@ -187,6 +216,11 @@ request_channel = "echo.in"
 type = "redis"
 request_channel = "echo.in"
 
+# Scenario 7: the echo round trip with its own echo service (under callgrind too).
+[routes."/cg".services.echo]
+type = "redis"
+request_channel = "cg.in"
+
 [routes."/fan".services.fan]
 type = "redis"
 request_channel = "fan.in"
@@ -197,21 +231,24 @@ type = "http"
 url = "http://127.0.0.1:$POLL_PORT/poll"
 polling_interval = "1s"
 
-# Scenario 3b: Channels, presence off (a broadcast topic: no O(n^2) join announcements).
+# Scenario 3b: Channels, presence off (a broadcast topic: no O(n^2) join announcements);
+# on for the mass disconnect's second part.
 [channels]
 jwt_secret = "bench-only-secret-0123456789abcdef"
 idle_timeout = "300s"
+outbound_queue = $OUTBOUND_QUEUE
 [channels.token_endpoint]
 path = "/token"
 open = true
 [channels.presence]
-enabled = false
+enabled = $PRESENCE
 EOF
     # refract raises its own soft file limit at start-up; the wrapper does it for older builds.
     spawn "$WORK/gateway-$1.out" "$WORK/gateway-$1.err" \
-        bash -c 'ulimit -n "$(ulimit -Hn)" && exec "$0" --config "$1"' "$GATEWAY" "$WORK/refract.toml"
+        bash -c 'ulimit -n "$(ulimit -Hn)" && exec "$@"' _ "${GW_WRAP[@]}" "$GATEWAY" \
+        --config "$WORK/refract.toml"
     GW_PID=$LAST_PID
-    for _ in $(seq 100); do
+    for _ in $(seq "$tries"); do
         curl -fs "http://127.0.0.1:$GW_PORT/readyz" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
@@ -326,6 +363,70 @@ if runs chfanout; then
         stop "$GW_PID"
         GW_PID=
     done
+fi
+
+# ---- 3c. the fan-out ceiling -----------------------------------------------------------------
+# The same clients and timing against `refract-bench rawfanout`, a minimal tokio server that
+# writes one pre-encoded frame (the text refract would send) to every socket: no Redis, no JSON,
+# no Phoenix. Each size runs CEIL_REPEAT times, the order alternating, for paired ratios.
+wait_port() { # until something listens on 127.0.0.1:$1, at most 10 s
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "nothing listens on port $1"
+    exit 1
+}
+
+if runs fanout-ceiling; then
+    for n in $CEIL_FAN_CONNS; do
+        order=(raw refract)
+        for rep in $(seq "$CEIL_REPEAT"); do
+            log "scenario 3c: fan-out to $n sockets, round $rep of $CEIL_REPEAT: ${order[*]}"
+            for who in "${order[@]}"; do
+                if [ "$who" = raw ]; then
+                    read -r wsp ctl <<<"$(free_ports 2)"
+                    spawn "$WORK/rawfanout-$n-$rep.json" "$WORK/rawfanout-$n-$rep.err" "$BENCH" \
+                        rawfanout --listen "127.0.0.1:$wsp" --control "127.0.0.1:$ctl" \
+                        --max-seconds "$WATCHDOG"
+                    GW_PID=$LAST_PID
+                    wait_port "$ctl"
+                    measure "fanceil/raw/$n/$rep" chfanout --addr "127.0.0.1:$wsp" --conns "$n" \
+                        --redis "$REDIS_URL" --rounds "$FAN_ROUNDS" --raw "127.0.0.1:$ctl"
+                else
+                    start_gateway "fanceil-$n-$rep"
+                    measure "fanceil/refract/$n/$rep" chfanout --addr "127.0.0.1:$GW_PORT" \
+                        --conns "$n" --redis "$REDIS_URL" --rounds "$FAN_ROUNDS"
+                fi
+                stop "$GW_PID"
+                GW_PID=
+            done
+            order=("${order[1]}" "${order[0]}")
+        done
+    done
+fi
+
+# ---- 3d. mass disconnect ----------------------------------------------------------------------
+# Every member of one topic closes at once: time until the gateway's refract_channels_joined is 0
+# and the topic's presence hash is empty. With presence on, every join is announced to every
+# member (O(n^2) frames), so that part runs at MASS_PRESENCE_CONNS, with a queue per socket
+# large enough for the announcements of the join phase.
+if runs mass-disconnect; then
+    log "scenario 3d: $MASS_CONNS members of one topic close at once (presence off)"
+    start_gateway mass
+    measure "mass/off/$MASS_CONNS" massclose --addr "127.0.0.1:$GW_PORT" --conns "$MASS_CONNS" \
+        --redis "$REDIS_URL" --topic mass-off
+    stop "$GW_PID"
+    if [ "$MASS_PRESENCE_CONNS" -gt 0 ]; then
+        log "scenario 3d: $MASS_PRESENCE_CONNS members of one topic close at once (presence on)"
+        PRESENCE=true OUTBOUND_QUEUE=$((MASS_PRESENCE_CONNS + 1024))
+        start_gateway mass-presence
+        measure "mass/on/$MASS_PRESENCE_CONNS" massclose --addr "127.0.0.1:$GW_PORT" \
+            --conns "$MASS_PRESENCE_CONNS" --redis "$REDIS_URL" --topic mass-on --presence
+        stop "$GW_PID"
+        PRESENCE=false OUTBOUND_QUEUE=1024
+    fi
+    GW_PID=
 fi
 
 # ---- 4. HTTP polling ---------------------------------------------------------------------------
@@ -551,11 +652,58 @@ response_channel = \"$one_node_prefix\""
     for pid in "${CL_PIDS[@]}"; do stop "$pid"; done
 fi
 
+# ---- 7. instructions per round trip and per fan-out frame (callgrind) ------------------------
+# Instructions, not seconds: the same binary and load give the same count however busy the
+# machine is. The gateway (and for the echo, an echo service of its own) run under callgrind;
+# the load generator zeroes their counters once its clients are connected (or joined) and dumps
+# them when the fixed work is done, before anything closes. bench/report.py splits the gateway's
+# instructions by function (callgrind.md says which symbols go where).
+if runs callgrind; then
+    command -v valgrind >/dev/null || apt_install valgrind
+    CG=(valgrind --tool=callgrind --dump-instr=no --compress-strings=no --compress-pos=no
+        --collect-systime=yes)
+    log "scenario 7: $CG_ROUND_TRIPS echo round trips over $CG_CONNS connections under callgrind"
+    spawn "$WORK/cg-echo.json" "$WORK/cg-echo.err" "${CG[@]}" \
+        --callgrind-out-file="$WORK/cg-echo-service.out" "$BENCH" echo --redis "$REDIS_URL" \
+        --channel cg.in --service echo --max-seconds "$WATCHDOG"
+    CG_ECHO=$LAST_PID
+    for _ in $(seq 600); do
+        [ "$(redis-cli -p "$REDIS_PORT" pubsub numsub cg.in | tail -1)" -gt 0 ] && break
+        sleep 0.1
+    done
+    GW_WRAP=("${CG[@]}" --callgrind-out-file="$WORK/cg-gateway-echo.out")
+    start_gateway cg-echo
+    ECHO_SAVED=$ECHO_PID
+    ECHO_PID=$CG_ECHO
+    measure "callgrind/echo/$CG_CONNS" ws --url "ws://127.0.0.1:$GW_PORT/cg" --conns "$CG_CONNS" \
+        --round-trips "$CG_ROUND_TRIPS" --duration 1200 \
+        --exec-before "callgrind_control -z $GW_PID && callgrind_control -z $CG_ECHO" \
+        --exec-after "callgrind_control -d $GW_PID && callgrind_control -d $CG_ECHO"
+    ECHO_PID=$ECHO_SAVED
+    stop "$GW_PID"
+    stop "$CG_ECHO"
+
+    log "scenario 7: one Channels broadcast to $CG_FAN_CONNS sockets, $CG_FAN_ROUNDS times, under callgrind"
+    GW_WRAP=("${CG[@]}" --callgrind-out-file="$WORK/cg-gateway-fan.out")
+    start_gateway cg-fan
+    measure "callgrind/chfan/$CG_FAN_CONNS" chfanout --addr "127.0.0.1:$GW_PORT" \
+        --conns "$CG_FAN_CONNS" --redis "$REDIS_URL" --rounds "$CG_FAN_ROUNDS" --pause-ms 100 \
+        --exec-before "callgrind_control -z $GW_PID" --exec-after "callgrind_control -d $GW_PID"
+    stop "$GW_PID"
+    GW_PID=
+    GW_WRAP=()
+    # The dumps taken by -d (numbered), not the ones written at exit.
+    for f in "$WORK"/cg-*.out; do
+        d=$(ls "$f".* 2>/dev/null | head -1)
+        [ -n "$d" ] && mv "$d" "${f%.out}.dump"
+    done
+fi
+
 stop "$ECHO_PID"
 cp "$WORK/echo.json" "$WORK/echo-final.json" 2>/dev/null || true
 
 # ---- criterion ---------------------------------------------------------------------------------
-if [ "$CRITERION" = 1 ] && runs criterion; then
+if [ "$CRITERION" = 1 ] && [ -n "$CRITERION_EXE" ] && runs criterion; then
     log "criterion: prism encode/decode"
     # What `cargo bench -p refract-bench --bench prism` runs, without its second build.
     CRITERION_HOME=$TARGET_DIR/criterion "$CRITERION_EXE" --bench --warm-up-time 1 \
@@ -574,8 +722,10 @@ if [ -z "$ONLY" ]; then
 else
     REPORT_OUT=$WORK
 fi
-python3 bench/report.py --results "$RESULTS" --criterion "$TARGET_DIR/criterion" \
+python3 bench/report.py --results "$RESULTS" --criterion "$TARGET_DIR/criterion" --work "$WORK" \
     --echo "$WORK/echo-final.json" --out "$REPORT_OUT" --cluster-out "$OUT" \
     --elapsed $(($(date +%s) - started)) \
     --redis-version "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
-log "done in $(($(date +%s) - started)) s: $REPORT_OUT/results.md$(runs cluster && echo " and $OUT/cluster.md") (work files in $WORK)"
+own=
+for s in cluster callgrind fanout-ceiling mass-disconnect; do runs "$s" && own+=" $OUT/$s.md"; done
+log "done in $(($(date +%s) - started)) s: $REPORT_OUT/results.md$own (work files in $WORK)"

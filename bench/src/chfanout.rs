@@ -2,6 +2,10 @@
 //! from the publish to the last socket's frame. With `--sharded` the gateway is in a Redis Cluster
 //! and the tick is `SPUBLISH to:{<topic>} tick:<payload>`; with `--burst` each round is that many
 //! ticks in one pipeline, enough messages for Redis's CPU per message to be measurable.
+//!
+//! With `--raw` the server is [`crate::rawfanout`] instead (the fan-out ceiling): no token, no
+//! join, and the tick is the frame's text sent on its control connection; the clients and the
+//! timing are the same, and so is the text each socket receives.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +42,16 @@ pub struct Args {
     /// Pause before each round, in milliseconds.
     #[arg(long, default_value_t = 300)]
     pause_ms: u64,
+    /// The fan-out ceiling: `--addr` is a `refract-bench rawfanout` server and this its control
+    /// address; `--redis` is not used.
+    #[arg(long, value_name = "CONTROL_ADDR")]
+    raw: Option<String>,
+    /// Shell command run once every socket has joined, before the first round.
+    #[arg(long)]
+    exec_before: Option<String>,
+    /// Shell command run after the last round, before the sockets close.
+    #[arg(long)]
+    exec_after: Option<String>,
 }
 
 /// What a reader reports instead of a round when its socket closes: a round can no longer
@@ -48,11 +62,17 @@ const CLOSED: u64 = u64::MAX;
 enum Publisher {
     Server(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
+    /// The ceiling's control connection: each tick is the frame's text, length-prefixed.
+    Raw(tokio::net::TcpStream),
 }
 
 impl Publisher {
     async fn connect(a: &Args) -> anyhow::Result<Self> {
-        Ok(if a.sharded {
+        Ok(if let Some(control) = &a.raw {
+            let s = tokio::net::TcpStream::connect(control).await?;
+            s.set_nodelay(true)?;
+            Self::Raw(s)
+        } else if a.sharded {
             let client = redis::cluster::ClusterClient::new(vec![a.redis.as_str()])?;
             Self::Cluster(client.get_async_connection().await?)
         } else {
@@ -63,6 +83,16 @@ impl Publisher {
 
     /// One round's ticks as one pipeline (all to one channel, hence one slot).
     async fn ticks(&mut self, topic: &str, payload: &str, burst: u32) -> anyhow::Result<()> {
+        if let Self::Raw(s) = self {
+            // What refract sends for `PUBLISH to:<topic>:tick <payload>` (phoenix::push).
+            let text = format!("[null,null,{},\"tick\",{payload}]", json!(topic));
+            let mut buf = Vec::new();
+            for _ in 0..burst {
+                buf.extend_from_slice(&u32::try_from(text.len())?.to_be_bytes());
+                buf.extend_from_slice(text.as_bytes());
+            }
+            return Ok(s.write_all(&buf).await?);
+        }
         let mut pipe = redis::pipe();
         for _ in 0..burst {
             match self {
@@ -70,6 +100,7 @@ impl Publisher {
                     .cmd("PUBLISH")
                     .arg(format!("to:{topic}:tick"))
                     .arg(payload),
+                Self::Raw(_) => unreachable!("handled above"),
                 Self::Cluster(_) => pipe
                     .cmd("SPUBLISH")
                     .arg(format!("to:{{{topic}}}"))
@@ -80,13 +111,14 @@ impl Publisher {
         match self {
             Self::Server(c) => pipe.query_async::<()>(c).await?,
             Self::Cluster(c) => pipe.query_async::<()>(c).await?,
+            Self::Raw(_) => unreachable!("handled above"),
         }
         Ok(())
     }
 }
 
 /// `POST /token` (the endpoint must be open) for a token covering the topic.
-async fn token(addr: &str, topic: &str) -> anyhow::Result<String> {
+pub async fn token(addr: &str, topic: &str) -> anyhow::Result<String> {
     let body = json!({"channel": topic, "id": "bench"}).to_string();
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
@@ -102,7 +134,12 @@ async fn token(addr: &str, topic: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<Value> {
-    let tok = token(&a.addr, &a.topic).await?;
+    let raw = a.raw.is_some();
+    let tok = if raw {
+        String::new()
+    } else {
+        token(&a.addr, &a.topic).await?
+    };
     let url = format!("ws://{}/socket/websocket?vsn=2.0.0", a.addr);
     let limit = Arc::new(Semaphore::new(200));
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Instant)>();
@@ -118,17 +155,19 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
         );
         joins.push(tokio::spawn(async move {
             let mut ws = common::connect_limited(&url, &limit, Duration::from_secs(30)).await?;
-            let join = json!(["1", "1", topic, "phx_join", {"token": tok}]).to_string();
-            ws.send(Message::text(join)).await?;
-            loop {
-                let text = common::next_text(&mut ws)
-                    .await?
-                    .context("closed while joining")?;
-                if text.contains("phx_reply") {
-                    if !text.contains("\"ok\"") {
-                        bail!("join refused: {text}");
+            if !raw {
+                let join = json!(["1", "1", topic, "phx_join", {"token": tok}]).to_string();
+                ws.send(Message::text(join)).await?;
+                loop {
+                    let text = common::next_text(&mut ws)
+                        .await?
+                        .context("closed while joining")?;
+                    if text.contains("phx_reply") {
+                        if !text.contains("\"ok\"") {
+                            bail!("join refused: {text}");
+                        }
+                        break;
                     }
-                    break;
                 }
             }
             // Joined: report each tick's round as it arrives.
@@ -151,6 +190,24 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
     }
     let joined_in = started.elapsed();
     let mut publisher = Publisher::connect(&a).await?;
+    if let Publisher::Raw(s) = &mut publisher {
+        // An empty tick asks the server for its count of sockets: all of them before round 1.
+        let mut held = 0;
+        for _ in 0..100 {
+            let mut n = [0u8; 4];
+            s.write_all(&0u32.to_be_bytes()).await?;
+            s.read_exact(&mut n).await?;
+            held = u32::from_be_bytes(n) as usize;
+            if held == a.conns {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if held != a.conns {
+            bail!("the raw server holds {held} sockets, not {}", a.conns);
+        }
+    }
+    common::hook(a.exec_before.as_deref()).await?;
     let frames = a.conns * a.burst as usize;
     let mut rounds = Vec::new();
     for r in 1..=u64::from(a.rounds) {
@@ -180,6 +237,7 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
             "frames_per_s": (frames as f64 / took.as_secs_f64()).round(),
         }));
     }
+    common::hook(a.exec_after.as_deref()).await?;
     let mut fps: Vec<f64> = rounds
         .iter()
         .map(|r| r["frames_per_s"].as_f64().unwrap())
@@ -191,7 +249,7 @@ pub async fn run(a: Args) -> anyhow::Result<Value> {
         .collect();
     ms.sort_by(|x, y| x.total_cmp(y));
     Ok(json!({
-        "scenario": "channels_fanout",
+        "scenario": if raw { "raw_fanout" } else { "channels_fanout" },
         "conns": a.conns,
         "sharded": a.sharded,
         "burst": a.burst,

@@ -201,3 +201,23 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     // Linux reports clock ticks of 1/100 s (USER_HZ) on every architecture it supports.
     Some((utime + stime) / 100.0)
 }
+
+/// Runs a shell command to completion (e.g. `callgrind_control -z <pid>`), so that a run can
+/// bracket exactly the phase it measures; a command that fails fails the run.
+pub async fn hook(cmd: Option<&str>) -> anyhow::Result<()> {
+    let Some(cmd) = cmd else { return Ok(()) };
+    let owned = cmd.to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&owned)
+            .stdout(std::process::Stdio::null())
+            .status()
+    })
+    .await?
+    .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}

@@ -230,7 +230,7 @@ fn pipelines(batch: &mut Vec<(String, Vec<u8>)>, replies: &Replies) -> Vec<redis
 }
 
 /// SIGTERM or SIGINT: the driver is done with us.
-async fn terminated() {
+pub async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),

@@ -13,6 +13,10 @@
 //! - [`chfanout`]: Channels fan-out: one `PUBLISH to:<topic>:tick` to N joined Phoenix sockets
 //!   (`SPUBLISH to:{<topic>}` with `--sharded`).
 //! - [`polling`]: N connections on a route whose HTTP service is polled; polls/s achieved.
+//! - [`rawfanout`]: the fan-out ceiling, a minimal WebSocket server that writes one pre-encoded
+//!   frame to every socket (driven by `chfanout --raw`).
+//! - [`massclose`]: N Channels members of one topic close at once; time until the gateway's
+//!   membership gauge and the presence hash are clean.
 
 mod ceiling;
 mod chfanout;
@@ -20,7 +24,9 @@ mod common;
 mod echo;
 mod fanout;
 mod idle;
+mod massclose;
 mod polling;
+mod rawfanout;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +59,10 @@ enum Command {
     Chfanout(chfanout::Args),
     /// N connections on a polled route; polls/s achieved against the configured rate.
     Polling(polling::Args),
+    /// The fan-out ceiling's server: accepts sockets, writes each broadcast text to all of them.
+    Rawfanout(rawfanout::Args),
+    /// Channels: N members of one topic close at once; time until membership and presence are clean.
+    Massclose(massclose::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +81,8 @@ fn main() -> anyhow::Result<()> {
             Command::Fanout(a) => fanout::run(a).await,
             Command::Chfanout(a) => chfanout::run(a).await,
             Command::Polling(a) => polling::run(a).await,
+            Command::Rawfanout(a) => rawfanout::run(a).await,
+            Command::Massclose(a) => massclose::run(a).await,
         }
     })?;
     let mut result = result;

@@ -32,6 +32,16 @@ pub struct Args {
     /// WebSocket handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// A fixed number of round trips instead of a measured window: spread over the clients,
+    /// every one counted, no warm-up; `--duration` is then only a cap.
+    #[arg(long)]
+    pub round_trips: Option<u64>,
+    /// Shell command run once every client is connected, before the first request.
+    #[arg(long)]
+    pub exec_before: Option<String>,
+    /// Shell command run once every client is done, before any closes its socket.
+    #[arg(long)]
+    pub exec_after: Option<String>,
 }
 
 /// How long one request may take before it counts as lost.
@@ -107,13 +117,22 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let limit = Arc::new(Semaphore::new(args.connect_concurrency));
     let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(args.conns);
     let (window_tx, window_rx) = watch::channel(None::<Window>);
+    // Clients report when their loop is over and close only when released, so that
+    // `--exec-after` sees the measured phase and nothing of the closing.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(args.conns);
+    let (release_tx, release_rx) = watch::channel(false);
     let mut tasks = Vec::with_capacity(args.conns);
     for client in 0..args.conns {
         let url = args.url.clone();
         let limit = limit.clone();
         let ready = ready_tx.clone();
         let mut window = window_rx.clone();
+        let (done, mut release) = (done_tx.clone(), release_rx.clone());
         let size = args.size;
+        let count = args.round_trips.map(|n| {
+            let conns = args.conns as u64;
+            n / conns + u64::from((client as u64) < n % conns)
+        });
         tasks.push(tokio::spawn(async move {
             let mut ws = match common::connect_limited(&url, &limit, Duration::from_secs(30)).await
             {
@@ -132,12 +151,15 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             let Ok(w) = window.wait_for(Option::is_some).await.map(|w| w.unwrap()) else {
                 return ClientResult::default();
             };
-            let result = closed_loop(&mut ws, client, size, w).await;
+            let result = closed_loop(&mut ws, client, size, w, count).await;
+            let _ = done.send(()).await;
+            let _ = release.wait_for(|r| *r).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
             result
         }));
     }
     drop(ready_tx);
+    drop(done_tx);
     // Every client reports once, connected or not; the senders live on in the tasks.
     let mut connected = 0;
     for _ in 0..args.conns {
@@ -150,23 +172,54 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     if connected == 0 {
         anyhow::bail!("no client could connect to {}", args.url);
     }
+    common::hook(args.exec_before.as_deref()).await?;
     let now = Instant::now();
-    let warm_end = now + Duration::from_secs_f64(args.warmup);
+    let warmup = if args.round_trips.is_some() {
+        0.0
+    } else {
+        args.warmup
+    };
+    let warm_end = now + Duration::from_secs_f64(warmup);
     window_tx.send_replace(Some(Window {
         warm_end,
         end: warm_end + Duration::from_secs_f64(args.duration),
     }));
+    // Each connected client reports once (one that failed to connect never got this far).
+    for _ in 0..connected {
+        if done_rx.recv().await.is_none() {
+            break;
+        }
+    }
+    let measured = now.elapsed().as_secs_f64() - warmup;
+    common::hook(args.exec_after.as_deref()).await?;
+    release_tx.send_replace(true);
     let mut results = Vec::with_capacity(tasks.len());
     for t in tasks {
         results.push(t.await?);
     }
-    Ok(report("ws", args.conns, args.duration, results, setup))
+    // With a fixed count the window is however long the round trips took.
+    let duration = if args.round_trips.is_some() {
+        (measured * 1000.0).round() / 1000.0
+    } else {
+        args.duration
+    };
+    let mut out = report("ws", args.conns, duration, results, setup);
+    if let Some(n) = args.round_trips {
+        out["round_trips_asked"] = n.into();
+    }
+    Ok(out)
 }
 
-async fn closed_loop(ws: &mut Ws, client: usize, size: usize, w: Window) -> ClientResult {
+async fn closed_loop(
+    ws: &mut Ws,
+    client: usize,
+    size: usize,
+    w: Window,
+    count: Option<u64>,
+) -> ClientResult {
     let mut result = ClientResult::default();
     let mut seq = 0u64;
-    while Instant::now() < w.end {
+    while Instant::now() < w.end && count.is_none_or(|n| seq < n) {
         seq += 1;
         let text = common::payload(client, seq, size);
         let sent = Instant::now();
