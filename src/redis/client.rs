@@ -35,11 +35,23 @@ pub struct Server {
 }
 
 impl Server {
-    fn open(url: &str, addr: &str, pool_size: usize, tls: &Tls) -> Result<Self, RedisError> {
+    fn open(
+        url: &str,
+        addr: &str,
+        pool_size: usize,
+        tls: &Tls,
+        timeout: Duration,
+    ) -> Result<Self, RedisError> {
         let client = tls.client(url)?;
         let addr = addr.to_string();
         // The pool's connections are made like the client's, TLS settings included.
-        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
+        // Without a config, redis-rs cuts each response at 500 ms and each connect at 1 s, under
+        // `command_timeout`; every call here is bounded by `command_timeout` already.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(None);
+        let info = client.get_connection_info().clone();
+        let manager = deadpool_redis::Manager::new_with_config(info, config)?;
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -111,7 +123,7 @@ impl Redis {
         let tls = Tls(settings.tls_certificates()?);
         let target = match settings.mode {
             RedisMode::Standalone => {
-                let server = Server::open(&settings.url, &settings.url, pool_size, &tls)?;
+                let server = Server::open(&settings.url, &settings.url, pool_size, &tls, timeout)?;
                 Target::Standalone(Arc::new(server))
             }
             RedisMode::Sentinel => Target::Sentinel(Followed {
@@ -181,7 +193,13 @@ impl Redis {
         let Target::Sentinel(f) = &self.target else {
             return Err(RedisError::Unsupported("following a master"));
         };
-        let server = Arc::new(Server::open(url, addr, self.pool_size, &self.tls)?);
+        let server = Arc::new(Server::open(
+            url,
+            addr,
+            self.pool_size,
+            &self.tls,
+            self.timeout,
+        )?);
         *f.current.write().unwrap() = Some(server);
         f.changes.send_modify(|n| *n += 1);
         Ok(())

@@ -24,8 +24,10 @@ pub enum RedisError {
 }
 
 impl RedisError {
-    /// The connection broke before the command went out: a retry on a fresh one is safe.
+    /// The connection broke before the command went out: a retry on a fresh one is safe. A
+    /// timeout (an I/O error to redis-rs) is not: the command may have run.
     pub fn is_dropped(&self) -> bool {
-        matches!(self, Self::Redis(e) if e.is_connection_dropped() || e.is_io_error())
+        matches!(self, Self::Redis(e)
+            if !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error()))
     }
 }

@@ -228,6 +228,9 @@ async fn worker(
             lose_batch(&metrics, &mut batch);
             continue;
         }
+        // A recovery announced while this attempt is under way must still release the backoff
+        // that its failure begins: the epoch is the one it started in.
+        let epoch = recoveries.load(Relaxed);
         match send(&mut conn, &redis, &batch).await {
             Ok(receivers) => {
                 metrics.publish_batches.inc();
@@ -238,10 +241,7 @@ async fn worker(
             Err(e) => {
                 discard(&mut conn);
                 lose_batch(&metrics, &mut batch);
-                down_until = Some((
-                    Instant::now() + backoff.next_delay(),
-                    recoveries.load(Relaxed),
-                ));
+                down_until = Some((Instant::now() + backoff.next_delay(), epoch));
                 if log.allow() {
                     tracing::warn!(error = %e, lost = batch.len(), "publishing to Redis failed");
                 }
