@@ -152,8 +152,9 @@ fn raw(v: &Value) -> Box<RawValue> {
     RawValue::from_string(v.to_string()).expect("a Value serializes to valid JSON")
 }
 
-/// Bearer header, then the query parameter, then a `bearer.<token>` subprotocol.
-fn find_token(headers: &HeaderMap, uri: &Uri, param: &str) -> Option<String> {
+/// Bearer header, then the query parameter, then a `bearer.<token>` subprotocol. Public for the
+/// fuzz target: it reads what any client sends.
+pub fn find_token(headers: &HeaderMap, uri: &Uri, param: &str) -> Option<String> {
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -172,8 +173,8 @@ fn find_token(headers: &HeaderMap, uri: &Uri, param: &str) -> Option<String> {
 }
 
 /// A client that offers subprotocols must get one back, or the browser drops the connection:
-/// the first one that is not a token, else the token protocol itself.
-fn chosen_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+/// the first one that is not a token, else the token protocol itself. Public for the fuzz target.
+pub fn chosen_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut offered = offered_protocols(headers).peekable();
     let first = *offered.peek()?;
     let pick = offered
