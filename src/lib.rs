@@ -157,9 +157,8 @@ impl Gateway {
             .unwrap_or_else(NodeId::generate);
         let response_channel = format!("{}.{}", settings.redis.response_channel, node).into();
         let live = Limit::new(settings.server.max_connections);
-        // rustls's one crypto provider, for https:// services and hooks (and every TLS);
-        // an error only means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Before any client is built: https:// services and hooks use it.
+        config::pem::install_crypto_provider();
         let routes = RouteTable::new(&settings, &live)?;
         let metrics = Arc::new(Metrics::new(
             routes.iter().map(|r| r.path.to_string()),
@@ -167,10 +166,7 @@ impl Gateway {
                 .http_services()
                 .map(|(r, s)| (r.path.to_string(), s.name.clone())),
         ));
-        let http_client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build()?;
+        let http_client = routes::http_service::client_builder().build()?;
         let tls = match &settings.server.tls {
             Some(t) => Some(Arc::new(http::tls::ServerTls::load(t)?)),
             None => None,
@@ -191,7 +187,7 @@ impl Gateway {
         let presence = channels
             .as_ref()
             .is_some_and(|ch| ch.settings.presence.enabled);
-        let settings_server = settings.server.clone();
+        let handshakes = http::handshake::HandshakeGuard::new(&settings.server);
         let gateway = Gateway {
             node,
             response_channel,
@@ -210,7 +206,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
             tls,
-            handshakes: http::handshake::HandshakeGuard::new(&settings_server),
+            handshakes,
         };
         Ok((Arc::new(gateway), commands))
     }

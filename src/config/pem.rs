@@ -31,6 +31,13 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))
 }
 
+/// Makes ring rustls's crypto provider for the process (every TLS: the listener, `rediss://`,
+/// `https://` services and hooks); a second call does nothing.
+pub fn install_crypto_provider() {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A TLS server configuration from a certificate chain and its key (HTTP/1.1 only), checked
 /// to go together.
 pub fn server_config(
@@ -43,8 +50,7 @@ pub fn server_config(
         .filter_map(Result::ok)
         .collect();
     let key = PrivateKeyDer::from_pem_slice(&key).expect("checked above");
-    // rustls's one crypto provider; an error only means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)

@@ -117,8 +117,7 @@ impl Redis {
         let timeout = settings.command_timeout;
         let pool_size = settings.publishers + 2;
         if settings.tls() {
-            // rustls's one crypto provider; an error only means one is installed already.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            crate::config::pem::install_crypto_provider();
         }
         let tls = Tls(settings.tls_certificates()?);
         let target = match settings.mode {

@@ -52,15 +52,19 @@ impl std::fmt::Debug for HttpService {
     }
 }
 
+/// How every client for HTTP services and hooks is made: the gateway's shared one, and a
+/// service's own when it trusts its own CA.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+}
+
 /// A client trusting only the CA certificates in `ca` (checked by config validation).
 fn own_client(ca: &std::path::Path) -> Result<reqwest::Client, reqwest::Error> {
     let pem = std::fs::read(ca).unwrap_or_default();
     let roots = reqwest::Certificate::from_pem_bundle(&pem)?;
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tls_certs_only(roots)
-        .build()
+    client_builder().tls_certs_only(roots).build()
 }
 
 /// One URL of a service as the admin page shows it.
