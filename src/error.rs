@@ -157,6 +157,7 @@ impl Close {
             CloseReason::SlowClient => (1013, "slow client: outbound queue full"),
             CloseReason::WriteTimeout => (1013, "slow client: write timed out"),
             CloseReason::Shutdown => return Self::SHUTDOWN,
+            CloseReason::RouteRemoved => (1001, "route removed"),
             _ => (1011, "closed by the gateway"),
         };
         Close { code, reason, why }

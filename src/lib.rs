@@ -19,6 +19,7 @@
 //!   presence, the clock, the token endpoint.
 //! - [`redis`]: the one place that knows Redis: the client, the publisher, the response-channel
 //!   subscriber, the keys and scripts.
+//! - [`reload`]: config reload on SIGHUP: routes change for new connections, none dropped.
 //! - [`admin`]: the admin page and its JSON, for operators (off unless `[admin]`).
 //! - [`client`]: `refract client`, a small interactive WebSocket client for trying it out.
 //! - [`worker`]: the contract of long-lived workers, and the node's readiness.
@@ -53,11 +54,12 @@ pub mod net;
 pub mod phoenix;
 pub mod prism;
 pub mod redis;
+pub mod reload;
 pub mod routes;
 pub mod worker;
 pub mod ws;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -81,8 +83,10 @@ pub struct Gateway {
     pub node: NodeId,
     /// `<redis.response_channel>.<node_id>`: where services answer this node's clients.
     pub response_channel: Arc<str>,
+    /// The settings the node started with, but for `routes`: those are in [`Gateway::routes`],
+    /// which a config reload replaces.
     pub settings: Settings,
-    pub routes: RouteTable,
+    routes: RwLock<Arc<RouteTable>>,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub redis: Arc<Redis>,
@@ -113,6 +117,20 @@ impl Gateway {
         self.readiness.is_ready()
     }
 
+    /// The route table in force: what a new connection is matched against.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `table` in force for new connections; returns the one it replaces.
+    pub fn replace_routes(&self, table: RouteTable) -> Arc<RouteTable> {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *routes, Arc::new(table))
+    }
+
     /// How every worker reports readiness.
     pub fn set_ready(&self, part: Part, ready: bool) {
         if !self.readiness.set(part, ready) || part != Part::ResponseChannel {
@@ -130,12 +148,7 @@ impl Gateway {
     /// What this node tells the others about itself (the value of its liveness key): its id,
     /// connection counts, and when it said so (Unix ms).
     pub fn stats(&self) -> String {
-        let routes: i64 = self
-            .metrics
-            .routes
-            .iter()
-            .map(|r| r.connections.get())
-            .sum();
+        let routes = self.registry.len() as i64;
         let sockets = self.metrics.channels.sockets.get();
         serde_json::json!({"node": self.node.as_str(), "connections": routes + sockets,
                            "route_connections": routes, "sockets": sockets,
@@ -146,7 +159,7 @@ impl Gateway {
     /// The node's shared state, from validated settings. Nothing connects yet; the publisher's
     /// shards start on `workers`. With Channels, the receiver is the bridge's command queue.
     pub fn new(
-        settings: Settings,
+        mut settings: Settings,
         shutdown: CancellationToken,
         workers: &Workers,
     ) -> Result<(Arc<Self>, Option<BridgeCommands>), Error> {
@@ -159,13 +172,9 @@ impl Gateway {
         let live = Limit::new(settings.server.max_connections);
         // Before any client is built: https:// services and hooks use it.
         config::pem::install_crypto_provider();
-        let routes = RouteTable::new(&settings, &live)?;
-        let metrics = Arc::new(Metrics::new(
-            routes.iter().map(|r| r.path.to_string()),
-            routes
-                .http_services()
-                .map(|(r, s)| (r.path.to_string(), s.name.clone())),
-        ));
+        let metrics = Arc::new(Metrics::new());
+        let routes = RouteTable::new(&settings.server, &settings.routes, &live, &metrics, None)?;
+        settings.routes.clear();
         let http_client = routes::http_service::client_builder().build()?;
         let tls = match &settings.server.tls {
             Some(t) => Some(Arc::new(http::tls::ServerTls::load(t)?)),
@@ -193,7 +202,7 @@ impl Gateway {
             response_channel,
             live,
             settings,
-            routes,
+            routes: RwLock::new(Arc::new(routes)),
             registry: Registry::default(),
             metrics,
             redis,
@@ -264,6 +273,10 @@ pub async fn run(
     if let (Some(tls), Some(settings)) = (&gateway.tls, &gateway.settings.server.tls) {
         let watch = http::tls::watch(gateway.clone(), tls.clone(), settings.clone());
         workers.spawn("tls reload", watch);
+    }
+    let source = gateway.settings.source.clone();
+    if let Some(watch) = source.and_then(|path| reload::watch(gateway.clone(), path)) {
+        workers.spawn("config reload", watch);
     }
     if gateway.settings.admin.is_some() && !presence {
         workers.spawn("heartbeat", admin::heartbeat(gateway.clone()));

@@ -1,8 +1,10 @@
 //! Every metric the gateway keeps, in the gateway's own prometheus-client [`Registry`].
 //!
-//! Each series' handle (an `Arc`'d atomic) is made at start and kept where the code indexes it
-//! (`routes[i]`, `http[i]`, a slot per label value): counting is one relaxed add, no lookup, and
-//! every series shows from the start at 0. Labels are configured route names or fixed codes, never
+//! Each series' handle (an `Arc`'d atomic) is made once and kept where the code uses it (a
+//! route's handles in its [`RouteMetrics`], a slot per label value): counting is one relaxed add,
+//! no lookup, and every series shows from the start at 0. A route's handles are made when its
+//! route is built, so a route added by a config reload has its series from then on, and a route
+//! that stays keeps counting in the same series. Labels are configured route names or fixed codes, never
 //! user input; the encoder escapes `\`, `"` and newlines in label values.
 
 use std::sync::atomic::AtomicU64;
@@ -86,6 +88,7 @@ label_enums! {
         IdleTimeout => "idle_timeout",
         RateLimited => "rate_limited",
         TokenExpired => "token_expired",
+        RouteRemoved => "route_removed",
     }
     /// Why a client was refused admission to a route (or, for `rate_limited`, cut off after).
     Denial as "reason" {
@@ -144,7 +147,7 @@ label_enums! {
         TooManyPending => "too_many_pending",
         RateLimited => "rate_limited",
     }
-    /// How a reload of the listener's TLS certificate went.
+    /// How a reload (of the listener's TLS certificate, or of the config) went.
     Reload as "result" {
         Ok => "ok",
         Failed => "error",
@@ -215,6 +218,7 @@ where
 }
 
 /// Counters of one legacy HTTP service.
+#[derive(Debug)]
 pub struct HttpMetrics {
     results: Box<[Counter]>,
     pub polls: Counter,
@@ -228,7 +232,8 @@ impl HttpMetrics {
     }
 }
 
-/// Per-route counters; the route's index in [`Metrics::routes`] is its id.
+/// Per-route counters, made by [`Metrics::route`] and held by the route.
+#[derive(Debug)]
 pub struct RouteMetrics {
     pub connections: Gauge,
     pub connections_total: Counter,
@@ -330,12 +335,26 @@ impl ChannelMetrics {
     }
 }
 
+/// The families with a series per route or per legacy HTTP service.
+struct RouteFamilies {
+    open: Family<RouteLabels, Gauge>,
+    accepted: Family<RouteLabels, Counter>,
+    published: Family<(RouteLabels, EventKind), Counter>,
+    lost: Family<(RouteLabels, Loss), Counter>,
+    relayed: Family<RouteLabels, Counter>,
+    closed: Family<(RouteLabels, CloseReason), Counter>,
+    denials: Family<(RouteLabels, Denial), Counter>,
+    rate_limited: Family<(RouteLabels, RateLimited), Counter>,
+    requests: Family<(ServiceLabels, HttpResult), Counter>,
+    polls: Family<ServiceLabels, Counter>,
+    urls_down: Family<ServiceLabels, Gauge>,
+}
+
 pub struct Metrics {
     /// This gateway's own, so that gateways in one process (the tests) keep their own counts.
     registry: Registry,
-    pub routes: Vec<RouteMetrics>,
+    families: RouteFamilies,
     pub channels: ChannelMetrics,
-    pub http: Vec<HttpMetrics>,
     replies_dropped: Box<[Counter]>,
     rejections: Box<[Counter]>,
     /// Publishes that are not about one route (`notconnected`) and were lost.
@@ -356,14 +375,18 @@ pub struct Metrics {
     resubscriptions: Box<[Counter]>,
     pub master_changes: Counter,
     master: Family<AddressLabels, Gauge>,
+    config_reloads: Box<[Counter]>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// `http_services` are (route, service) names, in the order of their metrics index.
-    pub fn new(
-        route_names: impl IntoIterator<Item = String>,
-        http_services: impl IntoIterator<Item = (String, String)>,
-    ) -> Self {
+    /// Every family, registered; the per-route ones have no series until [`Metrics::route`].
+    pub fn new() -> Self {
         let mut registry = Registry::default();
         let r = &mut registry;
         let channels = ChannelMetrics::new(r);
@@ -411,31 +434,24 @@ impl Metrics {
                 "Times the sentinels named a new master and the node followed";
             master = "refract_redis_master",
                 "1 for the master this node uses (sentinel mode), by address";
+            config_reloads = "refract_config_reloads",
+                "Config reloads on SIGHUP, by result (a refused config leaves the old in force)";
         }
-        let routes = route_names.into_iter().map(|route| {
-            let route = RouteLabels { route };
-            RouteMetrics {
-                connections: Family::get_or_create_owned(&open, &route),
-                connections_total: Family::get_or_create_owned(&accepted, &route),
-                events_published: each(&published, &EventKind::ALL, |e| (route.clone(), e)),
-                events_lost: each(&lost, Loss::ALL, |e| (route.clone(), e)),
-                replies_relayed: Family::get_or_create_owned(&relayed, &route),
-                closes: each(&closed, CloseReason::ALL, |e| (route.clone(), e)),
-                denials: each(&denials, Denial::ALL, |e| (route.clone(), e)),
-                rate_limited: each(&rate_limited, RateLimited::ALL, |e| (route.clone(), e)),
-            }
-        });
-        let http = http_services.into_iter().map(|(route, service)| {
-            let service = ServiceLabels { route, service };
-            HttpMetrics {
-                results: each(&requests, HttpResult::ALL, |e| (service.clone(), e)),
-                polls: Family::get_or_create_owned(&polls, &service),
-                urls_down: Family::get_or_create_owned(&urls_down, &service),
-            }
-        });
+        let families = RouteFamilies {
+            open,
+            accepted,
+            published,
+            lost,
+            relayed,
+            closed,
+            denials,
+            rate_limited,
+            requests,
+            polls,
+            urls_down,
+        };
         Self {
-            routes: routes.collect(),
-            http: http.collect(),
+            families,
             registry,
             channels,
             replies_dropped: each(&dropped, ReplyDrop::ALL, |e| e),
@@ -454,7 +470,44 @@ impl Metrics {
             resubscriptions: each(&resubscriptions, Resubscribe::ALL, |e| e),
             master_changes,
             master,
+            config_reloads: each(&config_reloads, Reload::ALL, |e| e),
         }
+    }
+
+    /// The handles of the route at `path`: the same series each time for the same path.
+    pub fn route(&self, path: &str) -> RouteMetrics {
+        let f = &self.families;
+        let route = RouteLabels {
+            route: path.to_string(),
+        };
+        RouteMetrics {
+            connections: f.open.get_or_create_owned(&route),
+            connections_total: f.accepted.get_or_create_owned(&route),
+            events_published: each(&f.published, &EventKind::ALL, |e| (route.clone(), e)),
+            events_lost: each(&f.lost, Loss::ALL, |e| (route.clone(), e)),
+            replies_relayed: f.relayed.get_or_create_owned(&route),
+            closes: each(&f.closed, CloseReason::ALL, |e| (route.clone(), e)),
+            denials: each(&f.denials, Denial::ALL, |e| (route.clone(), e)),
+            rate_limited: each(&f.rate_limited, RateLimited::ALL, |e| (route.clone(), e)),
+        }
+    }
+
+    /// The handles of the legacy HTTP service `service` of the route at `route`.
+    pub fn http_service(&self, route: &str, service: &str) -> HttpMetrics {
+        let f = &self.families;
+        let service = ServiceLabels {
+            route: route.to_string(),
+            service: service.to_string(),
+        };
+        HttpMetrics {
+            results: each(&f.requests, HttpResult::ALL, |e| (service.clone(), e)),
+            polls: f.polls.get_or_create_owned(&service),
+            urls_down: f.urls_down.get_or_create_owned(&service),
+        }
+    }
+
+    pub fn config_reloaded(&self, result: Reload) {
+        self.config_reloads[result as usize].inc();
     }
 
     pub fn handshake_refused(&self, reason: HandshakeRefusal) {

@@ -1031,3 +1031,29 @@ fn loading_builds_the_verifiers_and_unvalidated_settings_refuse_every_token() {
         refract::auth::TokenError::Invalid
     );
 }
+
+/// A reload meets the routes of the new file with the sections in force: a route may not take a
+/// path of the Channels endpoint that runs, whatever the new file says of `[channels]`.
+#[test]
+fn a_reloaded_route_meets_the_sections_in_force() {
+    let running = Settings::from_toml(channels!("endpoint = \"/live\"\n")).unwrap();
+    let new = Settings::from_toml(concat!(
+        "[channels]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\nendpoint = \"/other\"\n",
+        "[routes.\"/live/websocket\".services.s]\ntype = \"redis\"\nrequest_channel = \"x\"\n"
+    ))
+    .unwrap();
+    let checked = refract::config::check_paths(&new.routes, running.channels.as_ref(), None);
+    assert_eq!(
+        checked.unwrap_err().to_string(),
+        ": channels.endpoint: /live/websocket is already a route"
+    );
+    assert_eq!(
+        new.changed_sections(&running)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["channels"],
+        "routes are what a reload puts in force; the rest is named as needing a restart"
+    );
+    let same = Settings::from_toml(channels!("endpoint = \"/live\"\n")).unwrap();
+    assert!(same.changed_sections(&running).is_empty());
+}

@@ -8,10 +8,11 @@ use refract::metrics::{CloseReason, Denial, HttpResult, Loss, Metrics, ReplyDrop
 use refract::prism::EventKind;
 
 fn two_routes_one_service() -> Metrics {
-    Metrics::new(
-        ["/quotes".to_string(), "/chat".to_string()],
-        [("/quotes".to_string(), "quoteservice".to_string())],
-    )
+    let m = Metrics::new();
+    m.route("/quotes");
+    m.route("/chat");
+    m.http_service("/quotes", "quoteservice");
+    m
 }
 
 /// Comment lines in order, and samples as (series, value) sorted by series. Asserts that every
@@ -59,7 +60,7 @@ fn every_family_and_series_keeps_its_name() {
 /// before it printed them): without routes and HTTP services, theirs are gone.
 #[test]
 fn a_gateway_without_routes_leaves_out_their_families() {
-    let text = Metrics::new([], []).render();
+    let text = Metrics::new().render();
     let (comments, _) = parse(&text);
     let per_route = [
         "refract_connections",
@@ -84,13 +85,15 @@ fn a_gateway_without_routes_leaves_out_their_families() {
 #[test]
 fn values_land_on_their_series() {
     let m = two_routes_one_service();
-    m.routes[0].published(EventKind::Message, 3);
-    m.routes[1].lost(Loss::NoSubscriber, 2);
-    m.routes[1].closed(CloseReason::SlowClient);
-    m.routes[0].denied(Denial::BadToken);
-    m.routes[1].connections.dec();
+    let (quotes, chat) = (m.route("/quotes"), m.route("/chat"));
+    quotes.published(EventKind::Message, 3);
+    chat.lost(Loss::NoSubscriber, 2);
+    chat.closed(CloseReason::SlowClient);
+    quotes.denied(Denial::BadToken);
+    chat.connections.dec();
     m.reply_dropped(ReplyDrop::InvalidJson);
-    m.http[0].count(HttpResult::Timeout);
+    m.http_service("/quotes", "quoteservice")
+        .count(HttpResult::Timeout);
     m.channels.closed(CloseReason::Shutdown);
     m.ready.set(1);
     let text = m.render();
@@ -129,7 +132,8 @@ fn values_land_on_their_series() {
 
 #[test]
 fn route_names_are_escaped_in_label_values() {
-    let m = Metrics::new(["/a\"b\\\nc".to_string()], []);
+    let m = Metrics::new();
+    m.route("/a\"b\\\nc");
     let text = m.render();
     assert!(
         text.contains("refract_connections{route=\"/a\\\"b\\\\\\nc\"} 0\n"),
@@ -227,6 +231,8 @@ const HEADERS: &str = r#"# HELP refract_channels_sockets Open Channels sockets.
 # TYPE refract_redis_resubscriptions_total counter
 # HELP refract_redis_master_changes_total Times the sentinels named a new master and the node followed.
 # TYPE refract_redis_master_changes_total counter
+# HELP refract_config_reloads_total Config reloads on SIGHUP, by result (a refused config leaves the old in force).
+# TYPE refract_config_reloads_total counter
 "#;
 
 /// Every series of the rendering, sorted.
@@ -256,6 +262,7 @@ refract_channels_closed_total{reason="invalid_utf8"}
 refract_channels_closed_total{reason="message_too_large"}
 refract_channels_closed_total{reason="protocol_error"}
 refract_channels_closed_total{reason="rate_limited"}
+refract_channels_closed_total{reason="route_removed"}
 refract_channels_closed_total{reason="shutdown"}
 refract_channels_closed_total{reason="slow_client"}
 refract_channels_closed_total{reason="token_expired"}
@@ -280,6 +287,8 @@ refract_channels_publishes_lost_total
 refract_channels_publishes_total
 refract_channels_sockets
 refract_channels_sockets_accepted_total
+refract_config_reloads_total{result="error"}
+refract_config_reloads_total{result="ok"}
 refract_connections_accepted_total{route="/chat"}
 refract_connections_accepted_total{route="/quotes"}
 refract_connections_closed_total{route="/chat",reason="client_closed"}
@@ -290,6 +299,7 @@ refract_connections_closed_total{route="/chat",reason="invalid_utf8"}
 refract_connections_closed_total{route="/chat",reason="message_too_large"}
 refract_connections_closed_total{route="/chat",reason="protocol_error"}
 refract_connections_closed_total{route="/chat",reason="rate_limited"}
+refract_connections_closed_total{route="/chat",reason="route_removed"}
 refract_connections_closed_total{route="/chat",reason="shutdown"}
 refract_connections_closed_total{route="/chat",reason="slow_client"}
 refract_connections_closed_total{route="/chat",reason="token_expired"}
@@ -302,6 +312,7 @@ refract_connections_closed_total{route="/quotes",reason="invalid_utf8"}
 refract_connections_closed_total{route="/quotes",reason="message_too_large"}
 refract_connections_closed_total{route="/quotes",reason="protocol_error"}
 refract_connections_closed_total{route="/quotes",reason="rate_limited"}
+refract_connections_closed_total{route="/quotes",reason="route_removed"}
 refract_connections_closed_total{route="/quotes",reason="shutdown"}
 refract_connections_closed_total{route="/quotes",reason="slow_client"}
 refract_connections_closed_total{route="/quotes",reason="token_expired"}

@@ -40,7 +40,7 @@ pub async fn collect(gw: &Arc<Gateway>, admin: &AdminSettings) -> Value {
 
 fn node(gw: &Gateway) -> Value {
     let m = &gw.metrics;
-    let routes: i64 = m.routes.iter().map(|r| r.connections.get()).sum();
+    let routes = gw.registry.len() as i64;
     let mode = match gw.settings.redis.mode {
         RedisMode::Standalone => "standalone",
         RedisMode::Sentinel => "sentinel",
@@ -63,8 +63,9 @@ fn node(gw: &Gateway) -> Value {
 }
 
 fn routes(gw: &Gateway) -> Value {
-    let routes = gw.routes.iter().map(|route| {
-        let settings = &gw.settings.routes[&*route.path];
+    let table = gw.routes();
+    let routes = table.iter().map(|route| {
+        let settings = &route.settings;
         let services = settings
             .services
             .iter()
@@ -91,7 +92,7 @@ fn routes(gw: &Gateway) -> Value {
             });
         json!({
             "path": &*route.path,
-            "connections": gw.metrics.routes[route.index].connections.get(),
+            "connections": route.metrics.connections.get(),
             "max_connections": settings.max_connections,
             "services": services.collect::<Vec<_>>(),
         })

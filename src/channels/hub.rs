@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn membership_is_one_entry_per_connection() {
-        let metrics = Arc::new(Metrics::new([], []));
+        let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(metrics.clone());
         let topic = Topic::new("room").unwrap();
         let conns: Vec<ConnectionId> = (0..10_000).map(|_| ConnectionId::random()).collect();

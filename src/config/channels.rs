@@ -1,12 +1,11 @@
 //! `[channels]`: a Phoenix Channels endpoint bridged to Redis (docs/channels.md).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Checked, ConfigError, RESERVED_PATHS, RouteSettings, ensure, nonzero, positive};
+use super::{Checked, ConfigError, RESERVED_PATHS, ensure, nonzero, positive};
 use crate::auth::{JwtSettings, OneOrMany, Verifier};
 
 section! {
@@ -94,6 +93,9 @@ pub struct SystemTopicSettings {
     pub datetime_interval: Duration,
 }
 
+/// What `channels.token_endpoint.path` must be.
+pub(super) const TOKEN_PATH_TAKEN: &str = "must be a free URL path starting with '/'";
+
 impl ChannelsSettings {
     /// The token settings in the shape the shared JWT code takes.
     pub fn jwt(&self) -> JwtSettings {
@@ -113,8 +115,9 @@ impl ChannelsSettings {
         format!("{}/websocket", self.endpoint.trim_end_matches('/'))
     }
 
-    /// Checks the section (`routes` may not take its paths) and builds its verifier.
-    pub(super) fn validate(&mut self, routes: &BTreeMap<String, RouteSettings>) -> Checked {
+    /// Checks the section and builds its verifier. Whether routes take its paths is checked
+    /// with the routes ([`super::check_paths`]).
+    pub(super) fn validate(&mut self) -> Checked {
         let path = self.endpoint.starts_with('/') && !self.endpoint.contains(['?', '#', ' ']);
         ensure(
             path,
@@ -122,7 +125,7 @@ impl ChannelsSettings {
             "must be a URL path starting with '/'",
         )?;
         let ws = self.websocket_path();
-        let taken = routes.contains_key(&ws) || RESERVED_PATHS.contains(&ws.as_str());
+        let taken = RESERVED_PATHS.contains(&ws.as_str());
         ensure(
             !taken,
             "channels.endpoint",
@@ -136,9 +139,8 @@ impl ChannelsSettings {
         nonzero("channels.idle_timeout", self.idle_timeout)?;
         nonzero("channels.token_ttl", self.token_ttl)?;
         if let Some(t) = &self.token_endpoint {
-            let free = t.path.starts_with('/') && !routes.contains_key(&t.path) && t.path != ws;
-            let message = "must be a free URL path starting with '/'";
-            ensure(free, "channels.token_endpoint.path", message)?;
+            let free = t.path.starts_with('/') && t.path != ws;
+            ensure(free, "channels.token_endpoint.path", TOKEN_PATH_TAKEN)?;
             let message = "needs jwt_secret or jwt_secret_env: a public key cannot sign tokens";
             let secret = self.jwt_public_key_file.is_none();
             ensure(secret, "channels.token_endpoint", message)?;

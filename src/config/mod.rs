@@ -11,8 +11,8 @@
 //! - [`admin`]: `[admin]`, the admin page and who may see it.
 //! - [`pem`]: certificate and key files, read and checked.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -92,6 +92,12 @@ pub struct Settings {
     pub channels: Option<ChannelsSettings>,
     /// The admin page; absent = off.
     pub admin: Option<AdminSettings>,
+    /// The file the settings were read from, which a reload reads again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// Each top-level key as read (environment overrides applied), to tell what a reload changed.
+    #[serde(skip)]
+    sections: BTreeMap<String, serde_json::Value>,
 }
 
 impl Settings {
@@ -111,6 +117,9 @@ impl Settings {
                 format!("cannot read the file: {e}"),
             )),
         };
+        if let Ok(s) = &mut settings {
+            s.source = Some(path.to_path_buf());
+        }
         if let Err(e) = &mut settings {
             // A key the environment set is the environment's fault, not the file's.
             e.file = match from_environment(e) {
@@ -128,8 +137,10 @@ impl Settings {
     }
 
     fn build(sources: Sources) -> Result<Self, ConfigError> {
-        let built = sources.build().and_then(config::Config::try_deserialize);
-        let mut settings: Self = built.map_err(from_config_error)?;
+        let built = sources.build().map_err(from_config_error)?;
+        let sections = built.clone().try_deserialize().unwrap_or_default();
+        let mut settings: Self = built.try_deserialize().map_err(from_config_error)?;
+        settings.sections = sections;
         settings.validate()?;
         Ok(settings)
     }
@@ -144,29 +155,69 @@ impl Settings {
         self.server.validate()?;
         self.redis.validate()?;
         if let Some(ch) = &mut self.channels {
-            ch.validate(&self.routes)?;
+            ch.validate()?;
         }
         for (path, route) in &mut self.routes {
             route.validate(path)?;
         }
         if let Some(admin) = &mut self.admin {
             admin.validate()?;
-            let endpoint = self.channels.as_ref().map(|c| c.endpoint.as_str());
-            let taken = self.routes.keys().map(String::as_str).chain(endpoint);
-            for path in taken.filter(|p| *p == "/admin" || p.starts_with("/admin/")) {
-                let key = match endpoint == Some(path) {
-                    true => "channels.endpoint".to_string(),
-                    false => format!("routes.\"{path}\""),
-                };
-                ensure(
-                    false,
-                    key,
-                    "the admin page takes /admin when [admin] is configured",
-                )?;
-            }
         }
-        Ok(())
+        check_paths(&self.routes, self.channels.as_ref(), self.admin.as_ref())
     }
+
+    /// The route at `path` as read: two reads of one route compare equal when it is unchanged.
+    pub fn route_source(&self, path: &str) -> Option<&serde_json::Value> {
+        self.sections.get("routes")?.get(path)
+    }
+
+    /// The top-level sections (and `node_id`) whose values differ from `other`'s, `routes` aside:
+    /// what a reload cannot put in force.
+    pub fn changed_sections<'a>(&'a self, other: &'a Settings) -> BTreeSet<&'a str> {
+        let keys = self.sections.keys().chain(other.sections.keys());
+        keys.filter(|k| *k != "routes" && self.sections.get(*k) != other.sections.get(*k))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// Paths only one part may have: a route may not take the Channels endpoint's paths, and with
+/// `[admin]`, nothing may take `/admin`. Checked with the routes at start and on a reload (whose
+/// routes meet the sections in force).
+pub fn check_paths(
+    routes: &BTreeMap<String, RouteSettings>,
+    channels: Option<&ChannelsSettings>,
+    admin: Option<&AdminSettings>,
+) -> Checked {
+    if let Some(ch) = channels {
+        let ws = ch.websocket_path();
+        let message = format!("{ws} is already a route");
+        ensure(!routes.contains_key(&ws), "channels.endpoint", message)?;
+        if let Some(t) = &ch.token_endpoint {
+            let free = !routes.contains_key(&t.path);
+            ensure(
+                free,
+                "channels.token_endpoint.path",
+                channels::TOKEN_PATH_TAKEN,
+            )?;
+        }
+    }
+    if admin.is_some() {
+        let endpoint = channels.map(|c| c.endpoint.as_str());
+        let taken = routes.keys().map(String::as_str).chain(endpoint);
+        for path in taken.filter(|p| *p == "/admin" || p.starts_with("/admin/")) {
+            let key = match endpoint == Some(path) {
+                true => "channels.endpoint".to_string(),
+                false => format!("routes.\"{path}\""),
+            };
+            ensure(
+                false,
+                key,
+                "the admin page takes /admin when [admin] is configured",
+            )?;
+        }
+    }
+    Ok(())
 }
 
 type Sources = config::ConfigBuilder<config::builder::DefaultState>;

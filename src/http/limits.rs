@@ -12,7 +12,8 @@ use dashmap::DashMap;
 #[derive(Debug)]
 pub struct Limit {
     live: AtomicUsize,
-    max: usize,
+    /// Changed only by a config reload, for the places taken after it.
+    max: AtomicUsize,
     parent: Option<Arc<Limit>>,
 }
 
@@ -23,8 +24,13 @@ impl Limit {
 
     /// A limit within `parent`'s.
     pub fn under(parent: Option<Arc<Limit>>, max: usize) -> Arc<Self> {
-        let live = AtomicUsize::new(0);
+        let (live, max) = (AtomicUsize::new(0), AtomicUsize::new(max));
         Arc::new(Self { live, max, parent })
+    }
+
+    /// A new maximum (a reloaded route's): places already taken stay taken.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
     }
 
     /// Takes one place here and in every parent, or names the limit that refused; nothing stays
@@ -33,7 +39,7 @@ impl Limit {
         let taken = self
             .live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
+                (n < self.max.load(Ordering::Acquire)).then_some(n + 1)
             });
         if taken.is_err() {
             return Err(self);

@@ -73,10 +73,8 @@ async fn respond(
 }
 
 fn metrics(gw: &Gateway) -> Response<Full<Bytes>> {
-    for (_, service) in gw.routes.http_services() {
-        gw.metrics.http[service.metrics]
-            .urls_down
-            .set(service.urls_down() as i64);
+    for (_, service) in gw.routes().http_services() {
+        service.metrics.urls_down.set(service.urls_down() as i64);
     }
     gw.metrics.publish_queued.set(gw.publisher.queued() as i64);
     let body = gw.metrics.render().into();
@@ -90,11 +88,11 @@ async fn route_upgrade(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
-    let route = gw.routes.get(req.uri().path()).cloned();
+    let route = gw.routes().get(req.uri().path()).cloned();
     let route = route.ok_or(Rejection::NotFound)?;
     upgrade::require_upgrade(&req)?;
     upgrade::require_ready(gw)?;
-    let route_metrics = &gw.metrics.routes[route.index];
+    let route_metrics = &route.metrics;
     let deny = |denied: Denied| {
         route_metrics.denied(denied.reason);
         Refusal::Denied(denied)

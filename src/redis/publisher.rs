@@ -21,16 +21,17 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::RedisSettings;
 use crate::log::LogLimiter;
-use crate::metrics::{Loss, Metrics};
+use crate::metrics::{Loss, Metrics, RouteMetrics};
 use crate::prism::EventKind;
 use crate::redis::client::{Conn, Redis, RedisError, discard};
 use crate::worker::Workers;
 
 /// What a publish is for, so its fate is counted in the right place.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Tag {
+    /// A route's event: counted in that route's series.
     Event {
-        route: usize,
+        route: Arc<RouteMetrics>,
         kind: EventKind,
     },
     NotConnected,
@@ -160,8 +161,8 @@ impl Publisher {
 
 /// Counts one publish that did not happen, and tells whoever waits for it.
 fn count_lost(metrics: &Metrics, p: &Publish, reason: Loss) {
-    match p.tag {
-        Tag::Event { route, .. } => metrics.routes[route].lost(reason, 1),
+    match &p.tag {
+        Tag::Event { route, .. } => route.lost(reason, 1),
         Tag::NotConnected => {
             metrics.other_lost.inc();
         }
@@ -182,14 +183,14 @@ fn acknowledge(p: &mut Publish, ok: bool) {
 fn count_published(metrics: &Metrics, batch: &mut [Publish], receivers: &[i64]) {
     for (p, &heard) in batch.iter_mut().zip(receivers) {
         acknowledge(p, true);
-        match p.tag {
+        match &p.tag {
             Tag::Channel => {
                 metrics.channels.publishes.inc();
             }
             Tag::Event { route, .. } if heard == 0 => {
-                metrics.routes[route].lost(Loss::NoSubscriber, 1);
+                route.lost(Loss::NoSubscriber, 1);
             }
-            Tag::Event { route, kind } => metrics.routes[route].published(kind, 1),
+            Tag::Event { route, kind } => route.published(*kind, 1),
             Tag::NotConnected => {
                 metrics.notconnected_sent.inc();
             }

@@ -6,9 +6,11 @@
 //! - [`peer`]: who a connection is, as every event says.
 //! - [`registry`]: live connections by id, where a reply finds its client.
 //! - [`relay`]: where a decoded service reply becomes frames on a client's queue.
-//! - [`http_service`]: legacy HTTP services: events POSTed in order per connection, polling.
+//! - [`http_service`]: legacy HTTP services: a service's URLs, health and one POST.
+//! - [`lane`]: one connection's events to one HTTP service, in order, and its polls.
 
 pub mod http_service;
+pub mod lane;
 pub mod peer;
 pub mod registry;
 pub mod relay;

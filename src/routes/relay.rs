@@ -40,7 +40,7 @@ pub fn deliver(gw: &Gateway, log: &LogLimiter, reply: Reply) {
         }
         return;
     };
-    let route = gw.routes.by_index(conn.route);
+    let route = &conn.route;
     if !route.has_service(&reply.service) {
         gw.metrics.reply_dropped(ReplyDrop::UnknownService);
         if log.allow() {
@@ -75,7 +75,7 @@ fn push_action(gw: &Gateway, conn: &Handle, action: Action) -> bool {
     for message in frames.into_iter().flatten() {
         match conn.control.push(message) {
             Ok(()) => {
-                gw.metrics.routes[conn.route].replies_relayed.inc();
+                conn.route.metrics.replies_relayed.inc();
             }
             Err(Refused::Full) => {
                 gw.metrics.reply_dropped(ReplyDrop::SlowClient);

@@ -18,10 +18,10 @@ use crate::error::Close;
 use crate::http::admission::Identity;
 use crate::http::limits::ConnectionSlot;
 use crate::ids::ConnectionId;
-use crate::metrics::{Loss, RateLimited};
+use crate::metrics::{CloseReason, Loss, RateLimited};
 use crate::prism::{self, ClientData, EventKind};
 use crate::redis::publisher::{Publish, Tag};
-use crate::routes::http_service::{Data as LaneData, Lane};
+use crate::routes::lane::{Data as LaneData, Lane};
 use crate::routes::peer::PeerInfo;
 use crate::routes::registry::Handle;
 use crate::routes::table::Route;
@@ -109,9 +109,10 @@ impl Session {
     fn run(mut self, mut ws: impl driver::Socket) -> impl Future<Output = ()> + Send {
         async move {
             let gw = self.gw.clone();
-            let route_metrics = &gw.metrics.routes[self.route.index];
+            let route = self.route.clone();
+            let route_metrics = &route.metrics;
             let handle = Handle {
-                route: self.route.index,
+                route: self.route.clone(),
                 control: self.control.clone(),
             };
             self.lanes = self
@@ -121,13 +122,17 @@ impl Session {
                 .map(|svc| Lane::start(&gw, svc.clone(), self.peer.clone(), handle.clone()))
                 .collect();
             gw.registry.insert(self.peer.id.clone(), handle);
+            // A reload that removed the route just now found the registry without this session.
+            if gw.routes().get(&route.path).is_none() {
+                self.control.kill(CloseReason::RouteRemoved);
+            }
             route_metrics.connections.inc();
             route_metrics.connections_total.inc();
             tracing::debug!(remote = %self.peer.remote_address, "connected");
 
             self.publish(EventKind::Connect, None).await;
             let control = self.control.clone();
-            let timing = &gw.routes.timing;
+            let timing = &gw.routes().timing;
             let reason = driver::drive(&mut ws, &control, &gw.shutdown, timing, &mut self).await;
 
             gw.registry.remove(self.peer.id.as_str());
@@ -161,7 +166,7 @@ impl Session {
         ));
         for channel in &route.request_channels {
             let tag = Tag::Event {
-                route: route.index,
+                route: route.metrics.clone(),
                 kind,
             };
             let p = Publish::new(channel.clone(), payload.clone(), tag);
@@ -176,7 +181,7 @@ impl Handler for Session {
             Data::Text(t) => ClientData::Text(t),
             Data::Binary(b) => ClientData::Binary(b),
         };
-        let metrics = &self.gw.metrics.routes[self.route.index];
+        let metrics = &self.route.metrics;
         match self
             .bucket
             .as_mut()
@@ -275,7 +280,7 @@ mod tests {
         let workers = crate::worker::Workers::default();
         let (gw, _) = Gateway::new(settings, Default::default(), &workers).unwrap();
         let admitted = Admitted {
-            route: gw.routes.get("/q").unwrap().clone(),
+            route: gw.routes().get("/q").unwrap().clone(),
             remote_address: "192.0.2.1".into(),
             remote_port: 1,
             slot: ConnectionSlot::reserve(&gw.live, None).unwrap(),

@@ -515,7 +515,9 @@ pub fn reply(id: &str, service: &str, message: &str) -> String {
 pub struct Node {
     pub addr: SocketAddr,
     pub child: std::process::Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The config file, and its text without the routes.
+    config: (std::path::PathBuf, String),
 }
 
 /// The `[redis]` key for one server at `url`.
@@ -575,14 +577,11 @@ impl Node {
         let id_line = node_id
             .map(|id| format!("node_id = \"{id}\"\n"))
             .unwrap_or_default();
-        std::fs::write(
-            &path,
-            format!(
-                "{id_line}[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[redis]\n{redis}\n\
-                 canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n{routes}"
-            ),
-        )
-        .unwrap();
+        let head = format!(
+            "{id_line}[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[redis]\n{redis}\n\
+             canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n"
+        );
+        std::fs::write(&path, format!("{head}{routes}")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_refract"))
             .arg("--config")
             .arg(&path)
@@ -590,13 +589,14 @@ impl Node {
             .env("REFRACT_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
         let node = Self {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             child,
-            _dir: dir,
+            dir,
+            config: (path, head),
         };
         node.wait_ready().await;
         node
@@ -634,6 +634,33 @@ impl Node {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Rewrites the node's config file with `routes` in place of the routes it started with
+    /// (every other key as it was); the node reads it on SIGHUP.
+    pub fn rewrite_routes(&self, routes: &str) {
+        let (path, head) = &self.config;
+        std::fs::write(path, format!("{head}{routes}")).unwrap();
+    }
+
+    /// Rewrites the node's config file with `text`, whole.
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config.0, text).unwrap();
+    }
+
+    /// What the process has written to stderr so far (its log, at `warn` and above).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config.0
+    }
+
+    /// The config file's text as the node started with it, without its routes.
+    pub fn config_head(&self) -> &str {
+        &self.config.1
     }
 
     /// Resident memory of the process, in KiB.
