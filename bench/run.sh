@@ -22,10 +22,13 @@
 #                             scenario 3c (Channels fan-out against a raw tokio fan-out server)
 #   MASS_CONNS=10000 MASS_PRESENCE_CONNS=500
 #                             scenario 3d (mass disconnect; presence off, then presence on)
+#   RELOAD_CONNS="1000 5000 10000" RELOAD_KEEP=100
+#                             scenario 8 (a SIGHUP removing a route with that many clients, with
+#                             RELOAD_KEEP clients on a route the reload keeps)
 #   GATEWAY_BIN=path          measure this refract binary instead of the one built here
 #   BUILD=0                   skip the build, use target/release's binaries (criterion skipped)
 #   ONLY="cluster"            run only these scenarios (echo idle fanout chfanout fanout-ceiling
-#                             mass-disconnect polling callgrind criterion cluster), e.g.
+#                             mass-disconnect polling callgrind criterion cluster reload), e.g.
 #                             ONLY=cluster takes a few minutes; a partial run leaves results.md
 #                             alone (its report goes to the work directory) and writes the own
 #                             files of the scenarios it ran: cluster.md, callgrind.md,
@@ -66,6 +69,8 @@ CEIL_FAN_CONNS=${CEIL_FAN_CONNS:-"1000 10000"}
 CEIL_REPEAT=${CEIL_REPEAT:-3}
 MASS_CONNS=${MASS_CONNS:-10000}
 MASS_PRESENCE_CONNS=${MASS_PRESENCE_CONNS:-500}
+RELOAD_CONNS=${RELOAD_CONNS:-"1000 5000 10000"}
+RELOAD_KEEP=${RELOAD_KEEP:-100}
 ONLY=${ONLY:-}
 OUT=${OUT:-docs/benchmarks}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -697,6 +702,79 @@ if runs callgrind; then
         d=$(ls "$f".* 2>/dev/null | head -1)
         [ -n "$d" ] && mv "$d" "${f%.out}.dump"
     done
+fi
+
+# ---- 8. config reload under load -------------------------------------------------------------
+# A gateway with two routes, /keep and /gone, each with one Redis service, on a Redis of its own;
+# N clients on /gone and RELOAD_KEEP on /keep. The config file is replaced by one without /gone
+# (and /keep changed: a key added), and the gateway gets SIGHUP: timed from the signal to every
+# /gone client holding its 1001 close, gone.in having heard N disconnects, and
+# refract_config_reloads_total{result="ok"} counted; /keep's clients must stay open and answered.
+# Not in results.md: docs/benchmarks/reload.md reports these rows (reload/N in results.jsonl).
+if runs reload; then
+    RL_REDIS_PORT=$(free_port)
+    spawn "$WORK/redis-reload.out" "$WORK/redis-reload.err" redis-server --port "$RL_REDIS_PORT" \
+        --bind 127.0.0.1 --save "" --appendonly no --protected-mode yes --maxclients 1000
+    RL_REDIS_PID=$LAST_PID
+    for _ in $(seq 50); do redis-cli -p "$RL_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "$RL_REDIS_PORT" ping >/dev/null
+    reload_config() { # $1: "before" (both routes) or "after" (/gone removed, /keep changed)
+        cat <<EOF
+node_id = "bench"
+
+[server]
+listen = "127.0.0.1:$GW_PORT"
+max_connections = 19000
+
+[redis]
+url = "redis://127.0.0.1:$RL_REDIS_PORT"
+
+[routes."/keep"]
+$([ "$1" = after ] && echo 'max_message_size = 32768')
+
+[routes."/keep".services.keep]
+type = "redis"
+request_channel = "keep.in"
+EOF
+        [ "$1" = after ] || cat <<EOF
+
+[routes."/gone".services.gone]
+type = "redis"
+request_channel = "gone.in"
+EOF
+    }
+    for n in $RELOAD_CONNS; do
+        log "scenario 8: SIGHUP removes a route with $n clients ($RELOAD_KEEP on the route kept)"
+        GW_PORT=$(free_port)
+        reload_config before >"$WORK/reload-$n.toml"
+        reload_config after >"$WORK/reload-$n-after.toml"
+        spawn "$WORK/gateway-reload-$n.out" "$WORK/gateway-reload-$n.err" \
+            bash -c 'ulimit -n "$(ulimit -Hn)" && exec "$@"' _ "$GATEWAY" \
+            --config "$WORK/reload-$n.toml"
+        GW_PID=$LAST_PID
+        for _ in $(seq 100); do
+            curl -fs "http://127.0.0.1:$GW_PORT/readyz" >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        curl -fs "http://127.0.0.1:$GW_PORT/readyz" >/dev/null 2>&1 || {
+            log "gateway did not become ready; its log:"
+            tail -20 "$WORK/gateway-reload-$n.err" >&2
+            exit 1
+        }
+        REDIS_SAVED=$REDIS_PID
+        REDIS_PID=$RL_REDIS_PID
+        measure "reload/$n" reload --addr "127.0.0.1:$GW_PORT" --gateway-pid "$GW_PID" \
+            --config "$WORK/reload-$n.toml" --new-config "$WORK/reload-$n-after.toml" \
+            --redis "redis://127.0.0.1:$RL_REDIS_PORT" --conns "$n" --keep-conns "$RELOAD_KEEP" \
+            --gateway-log "$WORK/gateway-reload-$n.err"
+        REDIS_PID=$REDIS_SAVED
+        # The gateway's own account of the reload, for the record.
+        grep -h 'config reload' "$WORK/gateway-reload-$n.err" | cut -c1-300 >&2 \
+            || log "the gateway logged no config reload"
+        stop "$GW_PID"
+    done
+    GW_PID=
+    stop "$RL_REDIS_PID"
 fi
 
 stop "$ECHO_PID"

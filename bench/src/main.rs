@@ -17,6 +17,9 @@
 //!   frame to every socket (driven by `chfanout --raw`).
 //! - [`massclose`]: N Channels members of one topic close at once; time until the gateway's
 //!   membership gauge and the presence hash are clean.
+//! - [`reload`]: a SIGHUP that removes a route with N clients on it; time until each has its 1001
+//!   close, the service every `disconnect` and the gateway its reload counted, and the kept
+//!   route's clients still open and answered.
 
 mod ceiling;
 mod chfanout;
@@ -27,6 +30,7 @@ mod idle;
 mod massclose;
 mod polling;
 mod rawfanout;
+mod reload;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -63,6 +67,9 @@ enum Command {
     Rawfanout(rawfanout::Args),
     /// Channels: N members of one topic close at once; time until membership and presence are clean.
     Massclose(massclose::Args),
+    /// Config reload: SIGHUP removes a route with N clients; time to their closes, their
+    /// disconnects and the reload counted, with the kept route's clients checked.
+    Reload(reload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Command::Polling(a) => polling::run(a).await,
             Command::Rawfanout(a) => rawfanout::run(a).await,
             Command::Massclose(a) => massclose::run(a).await,
+            Command::Reload(a) => reload::run(a, nofile).await,
         }
     })?;
     let mut result = result;
