@@ -227,8 +227,7 @@ fn mint(
 
 async fn serve(settings: refract::Settings) -> anyhow::Result<()> {
     let listen = settings.server.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = refract::http::serve::bind(listen, settings.server.listen_backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));

@@ -249,6 +249,24 @@ async fn the_gateway_raises_its_open_file_limit_to_the_hard_limit() {
     );
 }
 
+/// The listening socket's backlog is `server.listen_backlog` (mio's default, 128, would make a
+/// burst of connects wait a second for a SYN retransmit). For a listening socket, `ss` shows the
+/// backlog as its Send-Q.
+#[tokio::test]
+async fn the_listener_takes_its_backlog_from_the_config() {
+    let redis = Redis::start().await;
+    let node = Node::start(&redis.url(), None, "listen_backlog = 700\n", QUOTES).await;
+    let filter = format!("sport = :{}", node.addr.port());
+    let out = Command::new("ss")
+        .args(["-ltnH", &filter])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    // "LISTEN <recv-q> <send-q = backlog> <local> <peer>"
+    assert_eq!(fields.get(2), Some(&"700"), "ss said: {text}");
+}
+
 /// `refract client`: stdin lines go out as text frames, replies come back on stdout, end of
 /// input closes with 1000; a refused upgrade exits 1 with its status.
 #[tokio::test]

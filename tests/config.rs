@@ -60,11 +60,11 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
-        ": server: unknown field `lisen`, expected one of `listen`, `trusted_proxies`, `allowed_origins`, `allow_ips`, `deny_ips`, `max_connections_per_ip`, `max_connections`, `max_message_size`, `outbound_queue`, `outbound_queue_bytes`, `read_buffer`, `ping_interval`, `idle_timeout`, `write_timeout`, `shutdown_grace`, `handshake_timeout`, `max_header_size`, `max_pending_handshakes`, `handshakes_per_ip_per_second`, `tls`",
+        ": server: unknown field `lisen`, expected one of `listen`, `trusted_proxies`, `allowed_origins`, `allow_ips`, `deny_ips`, `max_connections_per_ip`, `max_connections`, `max_message_size`, `outbound_queue`, `outbound_queue_bytes`, `read_buffer`, `ping_interval`, `idle_timeout`, `write_timeout`, `shutdown_grace`, `handshake_timeout`, `max_header_size`, `max_pending_handshakes`, `listen_backlog`, `handshakes_per_ip_per_second`, `tls`",
     ),
     (
         "[server]\nallowed_origin = [\"x\"]\n",
-        ": server: unknown field `allowed_origin`, expected one of `listen`, `trusted_proxies`, `allowed_origins`, `allow_ips`, `deny_ips`, `max_connections_per_ip`, `max_connections`, `max_message_size`, `outbound_queue`, `outbound_queue_bytes`, `read_buffer`, `ping_interval`, `idle_timeout`, `write_timeout`, `shutdown_grace`, `handshake_timeout`, `max_header_size`, `max_pending_handshakes`, `handshakes_per_ip_per_second`, `tls`",
+        ": server: unknown field `allowed_origin`, expected one of `listen`, `trusted_proxies`, `allowed_origins`, `allow_ips`, `deny_ips`, `max_connections_per_ip`, `max_connections`, `max_message_size`, `outbound_queue`, `outbound_queue_bytes`, `read_buffer`, `ping_interval`, `idle_timeout`, `write_timeout`, `shutdown_grace`, `handshake_timeout`, `max_header_size`, `max_pending_handshakes`, `listen_backlog`, `handshakes_per_ip_per_second`, `tls`",
     ),
     (
         "[redis]\nurls = \"redis://x\"\n",

@@ -55,6 +55,8 @@ section! {
         pub max_header_size: usize = 16 * 1024,
         /// Connections between accept and upgrade at once; more are closed at accept.
         pub max_pending_handshakes: usize = 4096,
+        /// Connections the kernel holds for the gateway to accept (the `listen` backlog).
+        pub listen_backlog: u32 = 4096,
         /// New connections per second from one address (a bucket of one second's worth);
         /// 0 = no limit.
         pub handshakes_per_ip_per_second: f64 = 0.0,
@@ -104,6 +106,7 @@ impl ServerSettings {
         nonzero("server.write_timeout", self.write_timeout)?;
         nonzero("server.handshake_timeout", self.handshake_timeout)?;
         positive("server.max_pending_handshakes", self.max_pending_handshakes)?;
+        positive("server.listen_backlog", self.listen_backlog as usize)?;
         // 8192: the HTTP parser's smallest buffer.
         let head = (8192..=READ_BUFFER_MAX).contains(&self.max_header_size);
         let message = format!("must be between 8192 and {READ_BUFFER_MAX} bytes");

@@ -17,6 +17,20 @@ use crate::Gateway;
 use crate::http::handshake::Refused;
 use crate::metrics::HandshakeRefusal;
 
+/// Binds the listening socket with room for `backlog` connections the kernel has completed but
+/// the gateway not yet accepted (capped by the kernel's `net.core.somaxconn`).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted gateway rebinds while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Accepts until shutdown. Connections are spawned on `gw.tasks`.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     loop {

@@ -316,7 +316,8 @@ impl Gateway {
              canary_interval = \"200ms\"\ncanary_timeout = \"1s\"\ncommand_timeout = \"1s\"\n{routes}"
         );
         let settings = refract::Settings::from_toml(&text).expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = refract::http::serve::bind(any, settings.server.listen_backlog).unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(refract::run(settings, listener, shutdown.clone()));
