@@ -7,7 +7,9 @@ use std::borrow::Cow;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 
 /// What happened to a client connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +51,9 @@ pub enum ClientData<'a> {
     Binary(&'a [u8]),
 }
 
+/// The event as the seed defines it; [`EventTemplate`] writes the same bytes faster (a test
+/// holds the two to it).
+#[cfg(test)]
 #[derive(Serialize)]
 struct EventJson<'a> {
     id: &'a str,
@@ -79,25 +84,96 @@ pub fn encode_event(
     data: Option<ClientData<'_>>,
     response_channel: Option<&str>,
 ) -> Vec<u8> {
-    let (message, binary) = match data {
-        None => (None, false),
-        Some(ClientData::Text(t)) => (Some(Cow::Borrowed(t)), false),
-        Some(ClientData::Binary(b)) => (Some(Cow::Owned(BASE64.encode(b))), true),
-    };
-    let json = EventJson {
-        id: peer.id,
-        kind: kind.as_str(),
-        route: peer.route,
-        remote_address: peer.remote_address,
-        remote_port: peer.remote_port,
-        message,
-        binary,
-        response_channel,
-        user: peer.user,
-        claims: peer.claims,
-    };
-    // Serializing a struct of strings and integers cannot fail.
-    serde_json::to_vec(&json).expect("event serialization is infallible")
+    EventTemplate::new(peer, response_channel).encode(kind, data)
+}
+
+/// A connection's events with what never changes encoded once: every event is the same bytes
+/// as [`EventJson`] would give, the fixed parts copied and only the kind and data written.
+#[derive(Debug, Clone)]
+pub struct EventTemplate {
+    /// `{"id":"…","type":"`
+    head: Box<[u8]>,
+    /// `","route":"…","remoteAddress":"…","remotePort":N`
+    mid: Box<[u8]>,
+    /// `,"responseChannel":"…","user":"…","claims":{…}}`
+    tail: Box<[u8]>,
+}
+
+impl EventTemplate {
+    pub fn new(peer: &Peer<'_>, response_channel: Option<&str>) -> Self {
+        let mut head = b"{\"id\":".to_vec();
+        json_str(&mut head, peer.id);
+        head.extend_from_slice(b",\"type\":\"");
+        let mut mid = b"\",\"route\":".to_vec();
+        json_str(&mut mid, peer.route);
+        mid.extend_from_slice(b",\"remoteAddress\":");
+        json_str(&mut mid, peer.remote_address);
+        mid.extend_from_slice(b",\"remotePort\":");
+        mid.extend_from_slice(itoa::Buffer::new().format(peer.remote_port).as_bytes());
+        let mut tail = Vec::new();
+        if let Some(rc) = response_channel {
+            tail.extend_from_slice(b",\"responseChannel\":");
+            json_str(&mut tail, rc);
+        }
+        if let Some(user) = peer.user {
+            tail.extend_from_slice(b",\"user\":");
+            json_str(&mut tail, user);
+        }
+        if let Some(claims) = peer.claims {
+            tail.extend_from_slice(b",\"claims\":");
+            tail.extend_from_slice(claims.get().as_bytes());
+        }
+        tail.push(b'}');
+        Self {
+            head: head.into(),
+            mid: mid.into(),
+            tail: tail.into(),
+        }
+    }
+
+    pub fn encode(&self, kind: EventKind, data: Option<ClientData<'_>>) -> Vec<u8> {
+        let data_len = match data {
+            None => 0,
+            Some(ClientData::Text(t)) => t.len() + 16,
+            Some(ClientData::Binary(b)) => b.len().div_ceil(3) * 4 + 32,
+        };
+        let size = self.head.len() + self.mid.len() + self.tail.len() + data_len + 12;
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(kind.as_str().as_bytes());
+        out.extend_from_slice(&self.mid);
+        match data {
+            None => {}
+            Some(ClientData::Text(t)) => {
+                out.extend_from_slice(b",\"message\":");
+                json_str(&mut out, t);
+            }
+            Some(ClientData::Binary(b)) => {
+                out.extend_from_slice(b",\"message\":\"");
+                out.extend_from_slice(BASE64.encode(b).as_bytes());
+                out.extend_from_slice(b"\",\"binary\":true");
+            }
+        }
+        out.extend_from_slice(&self.tail);
+        out
+    }
+}
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it; a string with
+/// nothing to escape (the usual case) is copied whole.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // `fold` rather than `any`: no early exit, so it compiles to a vector loop.
+    let clean = !s.bytes().fold(false, |dirty, b| {
+        dirty | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if clean {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+    }
 }
 
 /// The answer to a reply for a connection this node does not have.
@@ -331,6 +407,72 @@ pub fn decode_http_body(bytes: &[u8], max_size: usize) -> Result<Vec<Action>, Re
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    /// What serde_json writes for the event: the bytes every template must give.
+    fn reference(
+        peer: &Peer<'_>,
+        kind: EventKind,
+        data: Option<ClientData<'_>>,
+        response_channel: Option<&str>,
+    ) -> Vec<u8> {
+        let (message, binary) = match data {
+            None => (None, false),
+            Some(ClientData::Text(t)) => (Some(Cow::Borrowed(t)), false),
+            Some(ClientData::Binary(b)) => (Some(Cow::Owned(BASE64.encode(b))), true),
+        };
+        serde_json::to_vec(&EventJson {
+            id: peer.id,
+            kind: kind.as_str(),
+            route: peer.route,
+            remote_address: peer.remote_address,
+            remote_port: peer.remote_port,
+            message,
+            binary,
+            response_channel,
+            user: peer.user,
+            claims: peer.claims,
+        })
+        .unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_template_writes_the_bytes_serde_writes(
+            id in "\\PC{0,12}",
+            route in "/[ -~]{0,10}",
+            address in "[0-9a-f:.]{0,20}",
+            port: u16,
+            text in proptest::option::of("(\\PC|[\\x00-\\x1f\"\\\\]){0,40}"),
+            binary in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
+            user in proptest::option::of("[ -~\\x00-\\x1f]{0,10}"),
+            claims in proptest::option::of(0u32..1000),
+            rc in proptest::option::of("[ -~]{0,20}"),
+            kind in 0usize..3,
+        ) {
+            let claims = claims.map(|n| {
+                serde_json::value::RawValue::from_string(format!("{{\"sub\":\"u{n}\"}}")).unwrap()
+            });
+            let peer = Peer {
+                id: &id,
+                route: &route,
+                remote_address: &address,
+                remote_port: port,
+                user: user.as_deref(),
+                claims: claims.as_deref(),
+            };
+            let data = match (&text, &binary) {
+                (Some(t), _) => Some(ClientData::Text(t)),
+                (None, Some(b)) => Some(ClientData::Binary(b)),
+                (None, None) => None,
+            };
+            let kind = EventKind::ALL[kind];
+            let template = EventTemplate::new(&peer, rc.as_deref());
+            proptest::prop_assert_eq!(
+                String::from_utf8(template.encode(kind, data)).unwrap(),
+                String::from_utf8(reference(&peer, kind, data, rc.as_deref())).unwrap()
+            );
+        }
+    }
 
     const PEER: Peer<'static> = Peer {
         id: "abc",

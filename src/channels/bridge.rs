@@ -11,7 +11,7 @@ use crate::Gateway;
 use crate::backoff::Backoff;
 use crate::channels::hub::Hub;
 use crate::phoenix::{Topic, names};
-use crate::redis::pubsub::{Push, SubSink};
+use crate::redis::pubsub::{Push, Subscription};
 
 pub enum Cmd {
     /// Subscribe to a topic; told whether Redis confirmed it.
@@ -20,7 +20,7 @@ pub enum Cmd {
 }
 
 /// Subscribes to a topic's messages: a pattern, or (sharded) the topic's one channel.
-async fn subscribe(sink: &mut SubSink, topic: &str, sharded: bool) -> bool {
+async fn subscribe(sink: &mut Subscription, topic: &str, sharded: bool) -> bool {
     let name = names::subscription(topic, sharded);
     let done = if sharded {
         sink.subscribe(&name).await
@@ -30,7 +30,7 @@ async fn subscribe(sink: &mut SubSink, topic: &str, sharded: bool) -> bool {
     done.is_ok()
 }
 
-async fn unsubscribe(sink: &mut SubSink, topic: &str, sharded: bool) -> bool {
+async fn unsubscribe(sink: &mut Subscription, topic: &str, sharded: bool) -> bool {
     let name = names::subscription(topic, sharded);
     let done = if sharded {
         sink.unsubscribe(&name).await
@@ -48,7 +48,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedRecei
             _ = gw.shutdown.cancelled() => return,
             c = gw.redis.subscription() => c,
         };
-        let (mut sink, mut stream) = match connected {
+        let mut sub = match connected {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "Channels bridge cannot connect to Redis");
@@ -60,7 +60,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedRecei
         };
         let mut healthy = true;
         for topic in hub.topics() {
-            if !subscribe(&mut sink, topic.as_str(), sharded).await {
+            if !subscribe(&mut sub, topic.as_str(), sharded).await {
                 healthy = false;
                 break;
             }
@@ -75,21 +75,21 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedRecei
                 cmd = cmds.recv() => match cmd {
                     None => return,
                     Some(Cmd::Subscribe(topic, done)) => {
-                        let ok = subscribe(&mut sink, topic.as_str(), sharded).await;
+                        let ok = subscribe(&mut sub, topic.as_str(), sharded).await;
                         let _ = done.send(ok);
                         healthy = ok;
                     }
                     // Only if nobody joined again meanwhile.
                     Some(Cmd::Unsubscribe(topic)) if !hub.has_topic(topic.as_str()) => {
-                        healthy = unsubscribe(&mut sink, topic.as_str(), sharded).await;
+                        healthy = unsubscribe(&mut sub, topic.as_str(), sharded).await;
                     }
                     Some(Cmd::Unsubscribe(_)) => {}
                 },
-                heard = stream.next() => match heard {
+                heard = sub.next() => match heard {
                     Err(_) => healthy = false,
                     Ok(Push::Message(msg)) => {
-                        let (channel, message) = (msg.get_channel_name(), msg.get_payload_bytes());
-                        if let Some((topic, event, payload)) = names::split(channel, message, sharded) {
+                        let split = msg.channel().and_then(|c| names::split(c, &msg.payload, sharded));
+                        if let Some((topic, event, payload)) = split {
                             hub.deliver(topic, event, payload);
                         }
                     }
@@ -98,7 +98,7 @@ pub async fn run(gw: Arc<Gateway>, hub: Arc<Hub>, mut cmds: mpsc::UnboundedRecei
                         let topic = names::sharded_topic(&channel);
                         if let Some(topic) = topic.filter(|t| hub.has_topic(t)) {
                             gw.metrics.resubscribed(crate::metrics::Resubscribe::SlotMoved);
-                            healthy = subscribe(&mut sink, topic, sharded).await;
+                            healthy = subscribe(&mut sub, topic, sharded).await;
                         }
                     }
                 },

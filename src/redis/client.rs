@@ -23,8 +23,9 @@ use redis::cluster_routing::Slot;
 use tokio::sync::{OnceCell, watch};
 
 use crate::config::{RedisMode, RedisSettings};
+use crate::redis::direct;
 pub use crate::redis::error::RedisError;
-use crate::redis::pubsub::{SubSink, SubStream};
+use crate::redis::pubsub::Subscription;
 
 /// One Redis server: a client for pub/sub connections and a pool for commands.
 pub struct Server {
@@ -103,10 +104,12 @@ pub struct Redis {
     tls: Tls,
 }
 
-/// A connection a publishing worker keeps between batches.
+/// A connection a publishing worker keeps between batches, with the server it was made for
+/// (in sentinel mode, perhaps no longer the master).
 pub enum Conn {
-    /// Pooled, from the server it was taken from (in sentinel mode, perhaps no longer the
-    /// master).
+    /// The gateway's own, to a plain server.
+    Direct(Box<direct::Conn>, Arc<Server>),
+    /// Pooled (redis-rs), to a TLS server.
     Pooled(deadpool_redis::Connection, Arc<Server>),
     Cluster(ClusterConnection),
 }
@@ -263,17 +266,30 @@ impl Redis {
             return sent.await.unwrap_or(Err(RedisError::Timeout("publishing")));
         }
         let current = self.server()?;
-        if matches!(conn, Some(Conn::Pooled(_, s)) if !Arc::ptr_eq(s, &current)) {
+        if matches!(conn, Some(Conn::Pooled(_, s) | Conn::Direct(_, s)) if !Arc::ptr_eq(s, &current))
+        {
             discard(conn);
-        }
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch {
-            pipe.cmd("PUBLISH").arg(*channel).arg(*payload);
         }
         // A connection kept from before a Redis restart fails on first use without having sent
         // anything; one retry on a fresh connection keeps that from losing the batch. A timeout
         // is not retried: Redis may have executed the pipeline, and a retry would duplicate it.
         let reused = conn.is_some();
+        if !matches!(conn, Some(Conn::Pooled(..))) {
+            match self.send_direct(conn, &current, batch).await {
+                Some(Err(e)) if reused && e.is_dropped() => {
+                    discard(conn);
+                    if let Some(r) = self.send_direct(conn, &current, batch).await {
+                        return r;
+                    }
+                }
+                Some(r) => return r,
+                None => {}
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch {
+            pipe.cmd("PUBLISH").arg(*channel).arg(*payload);
+        }
         match self.send_pooled(conn, &current, &pipe).await {
             Err(e) if reused && e.is_dropped() => {
                 discard(conn);
@@ -281,6 +297,32 @@ impl Redis {
             }
             r => r,
         }
+    }
+
+    /// Publishes on the gateway's own connection; `None` when the server is a TLS one (the pool
+    /// serves it).
+    async fn send_direct(
+        &self,
+        conn: &mut Option<Conn>,
+        server: &Arc<Server>,
+        batch: &[(&str, &[u8])],
+    ) -> Option<Result<Vec<i64>, RedisError>> {
+        if conn.is_none() {
+            let info = server.client.get_connection_info();
+            let made = match tokio::time::timeout(self.timeout, direct::Conn::connect(info)).await {
+                Ok(made) => made?,
+                Err(_) => Err(RedisError::Timeout("connecting")),
+            };
+            match made {
+                Ok(c) => *conn = Some(Conn::Direct(Box::new(c), server.clone())),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let Some(Conn::Direct(c, _)) = conn else {
+            unreachable!("a direct connection was just made")
+        };
+        let sent = tokio::time::timeout(self.timeout, c.publish("PUBLISH", batch)).await;
+        Some(sent.unwrap_or(Err(RedisError::Timeout("publishing"))))
     }
 
     async fn send_pooled(
@@ -307,7 +349,7 @@ impl Redis {
 
     /// A new subscription connection: SUBSCRIBE on the server (or master), SSUBSCRIBE across
     /// the cluster. In sentinel mode its stream ends when the sentinels name a new master.
-    pub async fn subscription(&self) -> Result<(SubSink, SubStream), RedisError> {
+    pub async fn subscription(&self) -> Result<Subscription, RedisError> {
         let connect = async {
             match &self.target {
                 Target::Cluster(c) => {
@@ -317,7 +359,7 @@ impl Redis {
                         .push_sender(tx)
                         .build()?;
                     let conn = client.get_async_connection().await?;
-                    Ok(crate::redis::pubsub::cluster(conn, rx, self.timeout))
+                    Ok(Subscription::cluster(conn, rx, self.timeout))
                 }
                 _ => {
                     // Watch for a new master before reading the current one, so that a change
@@ -327,8 +369,12 @@ impl Redis {
                         _ => None,
                     };
                     let server = self.server()?;
+                    let info = server.client.get_connection_info();
+                    if let Some(conn) = direct::Conn::connect(info).await {
+                        return Ok(Subscription::direct(conn?, changes, self.timeout));
+                    }
                     let pubsub = server.client.get_async_pubsub().await?;
-                    Ok(crate::redis::pubsub::server(pubsub, changes, self.timeout))
+                    Ok(Subscription::tls(pubsub, changes, self.timeout))
                 }
             }
         };

@@ -11,6 +11,12 @@ pub enum RedisError {
     BuildPool(#[from] deadpool_redis::BuildError),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Resp(#[from] crate::redis::resp::RespError),
+    #[error("Redis refused: {0}")]
+    Refused(String),
     #[error("timed out {0}")]
     Timeout(&'static str),
     #[error("the connection closed")]
@@ -27,7 +33,10 @@ impl RedisError {
     /// The connection broke before the command went out: a retry on a fresh one is safe. A
     /// timeout (an I/O error to redis-rs) is not: the command may have run.
     pub fn is_dropped(&self) -> bool {
-        matches!(self, Self::Redis(e)
-            if !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error()))
+        match self {
+            Self::Redis(e) => !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error()),
+            Self::Io(_) | Self::Closed => true,
+            _ => false,
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! One subscription connection, whichever mode: the sink subscribes (SUBSCRIBE on a server,
-//! SSUBSCRIBE in a cluster), the stream yields messages and the server's own unsubscriptions.
+//! One subscription connection, whichever mode: it subscribes (SUBSCRIBE on a server,
+//! SSUBSCRIBE in a cluster) and yields messages and the server's own unsubscriptions. On a
+//! plain server the connection is the gateway's own ([`super::direct`]); over TLS and in a
+//! cluster it is redis-rs's.
 //!
 //! The stream ends with an error when the connection is gone, when the sentinels name a new
 //! master (a subscription on a demoted master hears nothing the services publish), and in a
@@ -11,111 +13,117 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{Msg, PushInfo, PushKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::redis::direct::Conn;
+pub use crate::redis::direct::Message;
 use crate::redis::error::RedisError;
 
-pub enum SubSink {
-    Server(PubSubSink, Duration),
-    Cluster(ClusterConnection, Duration),
-}
-
-pub struct SubStream {
+pub struct Subscription {
     inner: Inner,
-    /// Sentinel mode: the master's generation; a change ends the stream.
+    timeout: Duration,
+    /// Sentinel mode: the master's generation; a change ends the subscription.
     master: Option<watch::Receiver<u64>>,
 }
 
 enum Inner {
-    Server(PubSubStream),
-    Cluster(mpsc::UnboundedReceiver<PushInfo>),
+    Direct(Conn),
+    /// A `rediss://` server, through redis-rs.
+    Tls(PubSubSink, PubSubStream),
+    Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
 }
 
 /// What a subscription hears.
 pub enum Push {
-    Message(Msg),
+    Message(Message),
     /// The server unsubscribed this channel on its own (its slot moved to another node).
     Unsubscribed(String),
 }
 
-pub(super) fn server(
-    pubsub: redis::aio::PubSub,
-    master: Option<watch::Receiver<u64>>,
-    timeout: Duration,
-) -> (SubSink, SubStream) {
-    let (sink, stream) = pubsub.split();
-    let stream = SubStream {
-        inner: Inner::Server(stream),
-        master,
-    };
-    (SubSink::Server(sink, timeout), stream)
-}
+impl Subscription {
+    pub(super) fn direct(
+        conn: Conn,
+        master: Option<watch::Receiver<u64>>,
+        timeout: Duration,
+    ) -> Self {
+        let inner = Inner::Direct(conn);
+        Self {
+            inner,
+            timeout,
+            master,
+        }
+    }
 
-pub(super) fn cluster(
-    conn: ClusterConnection,
-    pushes: mpsc::UnboundedReceiver<PushInfo>,
-    timeout: Duration,
-) -> (SubSink, SubStream) {
-    let stream = SubStream {
-        inner: Inner::Cluster(pushes),
-        master: None,
-    };
-    (SubSink::Cluster(conn, timeout), stream)
-}
+    pub(super) fn tls(
+        pubsub: redis::aio::PubSub,
+        master: Option<watch::Receiver<u64>>,
+        timeout: Duration,
+    ) -> Self {
+        let (sink, stream) = pubsub.split();
+        Self {
+            inner: Inner::Tls(sink, stream),
+            timeout,
+            master,
+        }
+    }
 
-impl SubSink {
+    pub(super) fn cluster(
+        conn: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Inner::Cluster(conn, pushes),
+            timeout,
+            master: None,
+        }
+    }
+
     /// Subscribes to one channel, within the command timeout.
     pub async fn subscribe(&mut self, channel: &str) -> Result<(), RedisError> {
-        let done = match self {
-            Self::Server(s, t) => bounded(*t, s.subscribe(channel)).await,
-            Self::Cluster(c, t) => bounded(*t, c.ssubscribe(channel)).await,
+        let done = match &mut self.inner {
+            Inner::Direct(c) => bounded(self.timeout, c.command("SUBSCRIBE", channel)).await,
+            Inner::Tls(s, _) => bounded(self.timeout, lib(s.subscribe(channel))).await,
+            Inner::Cluster(c, _) => bounded(self.timeout, lib(c.ssubscribe(channel))).await,
         };
         done.map_err(|_| RedisError::Timeout("subscribing"))?
     }
 
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), RedisError> {
-        let done = match self {
-            Self::Server(s, t) => bounded(*t, s.unsubscribe(channel)).await,
-            Self::Cluster(c, t) => bounded(*t, c.sunsubscribe(channel)).await,
+        let done = match &mut self.inner {
+            Inner::Direct(c) => bounded(self.timeout, c.command("UNSUBSCRIBE", channel)).await,
+            Inner::Tls(s, _) => bounded(self.timeout, lib(s.unsubscribe(channel))).await,
+            Inner::Cluster(c, _) => bounded(self.timeout, lib(c.sunsubscribe(channel))).await,
         };
         done.map_err(|_| RedisError::Timeout("unsubscribing"))?
     }
 
     /// Pattern subscriptions exist only outside a cluster (sharded pub/sub has none).
     pub async fn psubscribe(&mut self, pattern: &str) -> Result<(), RedisError> {
-        match self {
-            Self::Server(s, t) => bounded(*t, s.psubscribe(pattern))
-                .await
-                .map_err(|_| RedisError::Timeout("subscribing"))?,
-            Self::Cluster(..) => Err(RedisError::Unsupported("PSUBSCRIBE")),
-        }
+        let done = match &mut self.inner {
+            Inner::Direct(c) => bounded(self.timeout, c.command("PSUBSCRIBE", pattern)).await,
+            Inner::Tls(s, _) => bounded(self.timeout, lib(s.psubscribe(pattern))).await,
+            Inner::Cluster(..) => return Err(RedisError::Unsupported("PSUBSCRIBE")),
+        };
+        done.map_err(|_| RedisError::Timeout("subscribing"))?
     }
 
     pub async fn punsubscribe(&mut self, pattern: &str) -> Result<(), RedisError> {
-        match self {
-            Self::Server(s, t) => bounded(*t, s.punsubscribe(pattern))
-                .await
-                .map_err(|_| RedisError::Timeout("unsubscribing"))?,
-            Self::Cluster(..) => Err(RedisError::Unsupported("PUNSUBSCRIBE")),
-        }
+        let done = match &mut self.inner {
+            Inner::Direct(c) => bounded(self.timeout, c.command("PUNSUBSCRIBE", pattern)).await,
+            Inner::Tls(s, _) => bounded(self.timeout, lib(s.punsubscribe(pattern))).await,
+            Inner::Cluster(..) => return Err(RedisError::Unsupported("PUNSUBSCRIBE")),
+        };
+        done.map_err(|_| RedisError::Timeout("unsubscribing"))?
     }
-}
 
-async fn bounded<F: Future<Output = redis::RedisResult<()>>>(
-    timeout: Duration,
-    f: F,
-) -> Result<Result<(), RedisError>, tokio::time::error::Elapsed> {
-    tokio::time::timeout(timeout, f)
-        .await
-        .map(|r| r.map_err(RedisError::from))
-}
-
-impl SubStream {
     /// The next message or server-side unsubscription; an error once the subscription is over.
+    /// Cancel-safe.
     pub async fn next(&mut self) -> Result<Push, RedisError> {
         loop {
             let master = async {
@@ -135,21 +143,42 @@ impl SubStream {
     }
 }
 
+async fn lib<F: Future<Output = redis::RedisResult<()>>>(f: F) -> Result<(), RedisError> {
+    Ok(f.await?)
+}
+
+async fn bounded<F: Future<Output = Result<(), RedisError>>>(
+    timeout: Duration,
+    f: F,
+) -> Result<Result<(), RedisError>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(timeout, f).await
+}
+
 /// One item from the connection: `None` for pushes that are not news (confirmations).
 async fn next_push(inner: &mut Inner) -> Result<Option<Push>, RedisError> {
     match inner {
-        Inner::Server(s) => s
+        Inner::Direct(c) => c.next().await.map(|m| Some(Push::Message(m))),
+        Inner::Tls(_, s) => s
             .next()
             .await
-            .map(|m| Some(Push::Message(m)))
+            .map(|m| Some(Push::Message(message(&m))))
             .ok_or(RedisError::Closed),
-        Inner::Cluster(rx) => rx.recv().await.ok_or(RedisError::Closed).and_then(classify),
+        Inner::Cluster(_, rx) => rx.recv().await.ok_or(RedisError::Closed).and_then(classify),
+    }
+}
+
+fn message(m: &Msg) -> Message {
+    Message {
+        channel: Bytes::copy_from_slice(m.get_channel_name().as_bytes()),
+        payload: Bytes::copy_from_slice(m.get_payload_bytes()),
     }
 }
 
 fn classify(push: PushInfo) -> Result<Option<Push>, RedisError> {
     match push.kind {
-        PushKind::SMessage | PushKind::Message => Ok(Msg::from_push_info(push).map(Push::Message)),
+        PushKind::SMessage | PushKind::Message => {
+            Ok(Msg::from_push_info(push).map(|m| Push::Message(message(&m))))
+        }
         PushKind::SUnsubscribe => {
             let channel = push.data.first().and_then(|v| match v {
                 redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),

@@ -17,7 +17,7 @@ use crate::log::LogLimiter;
 use crate::metrics::Resubscribe;
 use crate::prism::{self, Inbound};
 use crate::redis::client::RedisError;
-use crate::redis::pubsub::{Push, SubSink, SubStream};
+use crate::redis::pubsub::{Push, Subscription};
 use crate::worker::Part;
 
 /// Why one subscription ended.
@@ -35,11 +35,11 @@ pub async fn run(gw: Arc<Gateway>) {
     let mut subscribed_once = false;
     loop {
         let end = match subscribe(&gw).await {
-            Ok((sink, stream)) => {
+            Ok(sub) => {
                 subscribed_once = true;
                 gw.metrics.subscriber_connects.inc();
                 tracing::info!(channel = %gw.response_channel, "subscribed to the response channel");
-                serve(&gw, sink, stream, &mut backoff, &log).await
+                serve(&gw, sub, &mut backoff, &log).await
             }
             Err(end) => end,
         };
@@ -71,11 +71,11 @@ pub async fn run(gw: Arc<Gateway>) {
     }
 }
 
-async fn subscribe(gw: &Gateway) -> Result<(SubSink, SubStream), End> {
+async fn subscribe(gw: &Gateway) -> Result<Subscription, End> {
     let attempt = async {
-        let (mut sink, stream) = gw.redis.subscription().await?;
-        sink.subscribe(&gw.response_channel).await?;
-        Ok((sink, stream))
+        let mut sub = gw.redis.subscription().await?;
+        sub.subscribe(&gw.response_channel).await?;
+        Ok(sub)
     };
     tokio::select! {
         _ = gw.shutdown.cancelled() => Err(End::Shutdown),
@@ -86,8 +86,7 @@ async fn subscribe(gw: &Gateway) -> Result<(SubSink, SubStream), End> {
 /// Reads the subscription until it fails, its canary goes missing, or shutdown.
 async fn serve(
     gw: &Arc<Gateway>,
-    mut sink: SubSink,
-    mut stream: SubStream,
+    mut sub: Subscription,
     backoff: &mut Backoff,
     log: &LogLimiter,
 ) -> End {
@@ -103,7 +102,7 @@ async fn serve(
         tokio::select! {
             biased;
             _ = gw.shutdown.cancelled() => return End::Shutdown,
-            heard = stream.next() => {
+            heard = sub.next() => {
                 let msg = match heard {
                     Err(e) => return End::Lost(e),
                     Ok(Push::Message(msg)) => msg,
@@ -114,7 +113,7 @@ async fn serve(
                         gw.metrics.resubscribed(Resubscribe::SlotMoved);
                         gw.set_ready(Part::ResponseChannel, false);
                         tracing::warn!(channel = %gw.response_channel, "the response channel's slot moved; subscribing again");
-                        if let Err(e) = sink.subscribe(&gw.response_channel).await {
+                        if let Err(e) = sub.subscribe(&gw.response_channel).await {
                             return End::Lost(e);
                         }
                         pending = None;
@@ -123,7 +122,7 @@ async fn serve(
                     }
                     Ok(Push::Unsubscribed(_)) => continue,
                 };
-                match prism::decode_inbound(msg.get_payload_bytes(), redis.max_reply_size) {
+                match prism::decode_inbound(&msg.payload, redis.max_reply_size) {
                     Ok(Inbound::Canary(n)) if pending.is_some_and(|(p, _)| p == n) => {
                         if let Some((_, due)) = pending {
                             let sent = due - redis.canary_timeout;

@@ -84,6 +84,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut last: Option<Data> = None;
+    let events = prism::EventTemplate::new(&peer.peer(), None);
     // Polls start at a random offset in the interval, so a thousand connections that arrived
     // together are polled spread out rather than in one burst. A tick missed while a request
     // is in flight is skipped, not made up.
@@ -109,12 +110,7 @@ async fn run(
         if job.kind == EventKind::Message && job.data.is_some() {
             last.clone_from(&job.data);
         }
-        let body = prism::encode_event(
-            &peer.peer(),
-            job.kind,
-            job.data.as_ref().map(Data::as_client_data),
-            None,
-        );
+        let body = events.encode(job.kind, job.data.as_ref().map(Data::as_client_data));
         let result = post(&gw, &service, Bytes::from(body)).await;
         let metrics = &service.metrics;
         match result {

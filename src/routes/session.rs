@@ -19,7 +19,7 @@ use crate::http::admission::Identity;
 use crate::http::limits::ConnectionSlot;
 use crate::ids::ConnectionId;
 use crate::metrics::{CloseReason, Loss, RateLimited};
-use crate::prism::{self, ClientData, EventKind};
+use crate::prism::{ClientData, EventKind, EventTemplate};
 use crate::redis::publisher::{Publish, Tag};
 use crate::routes::lane::{Data as LaneData, Lane};
 use crate::routes::peer::PeerInfo;
@@ -57,6 +57,8 @@ struct Session {
     gw: Arc<Gateway>,
     route: Arc<Route>,
     peer: Arc<PeerInfo>,
+    /// This connection's events, with what never changes encoded once.
+    events: EventTemplate,
     shard: usize,
     control: Arc<Control>,
     /// One per legacy HTTP service of the route.
@@ -85,6 +87,7 @@ impl Session {
             user: identity.user,
             claims: identity.claims,
         });
+        let events = EventTemplate::new(&peer.peer(), Some(&gw.response_channel));
         let control = Arc::new(Control::new(
             gw.settings.server.outbound_queue,
             gw.settings.server.outbound_queue_bytes,
@@ -96,6 +99,7 @@ impl Session {
             gw,
             route,
             peer,
+            events,
             control,
             lanes: Vec::new(),
             _slot: slot,
@@ -158,12 +162,7 @@ impl Session {
         if route.request_channels.is_empty() {
             return;
         }
-        let payload = Bytes::from(prism::encode_event(
-            &self.peer.peer(),
-            kind,
-            data,
-            Some(&self.gw.response_channel),
-        ));
+        let payload = Bytes::from(self.events.encode(kind, data));
         for channel in &route.request_channels {
             let tag = Tag::Event {
                 route: route.metrics.clone(),

@@ -7,10 +7,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use hyper_tungstenite::tungstenite::Message;
-use tokio::sync::Notify;
 
 use crate::metrics::CloseReason;
 
@@ -32,14 +33,42 @@ struct Outbox {
     closed: bool,
 }
 
+/// Wakes the one task that waits on it (the session's driver), keeping a wake-up given while
+/// nobody waited. Cheaper to poll than a `Notify`: no list of waiters, one atomic to check.
+#[derive(Debug, Default)]
+struct Signal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once raised since the last time it was taken; takes it.
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.raised.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Raised between the check and the registration: its wake may have missed us.
+        if self.raised.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
 /// A client's shared state: how anyone but the session itself ends it (set a reason, wake it),
-/// and its bounded outbound queue.
+/// and its bounded outbound queue. One task (the session's driver) waits on it.
 #[derive(Debug)]
 pub struct Control {
     /// Wakes the session when it is asked to close.
-    kill: Notify,
+    kill: Signal,
     /// Wakes the session when its queue stops being empty.
-    ready: Notify,
+    ready: Signal,
     /// `CloseReason as u8 + 1`; 0 while nobody asked.
     reason: AtomicU8,
     outbox: Mutex<Outbox>,
@@ -51,8 +80,8 @@ impl Control {
     /// A queue holding at most `max_frames` frames and `max_bytes` bytes of payload.
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self {
-            kill: Notify::new(),
-            ready: Notify::new(),
+            kill: Signal::default(),
+            ready: Signal::default(),
             reason: AtomicU8::new(0),
             outbox: Mutex::new(Outbox::default()),
             max_frames,
@@ -65,7 +94,7 @@ impl Control {
         let _ =
             self.reason
                 .compare_exchange(0, reason as u8 + 1, Ordering::AcqRel, Ordering::Acquire);
-        self.kill.notify_one();
+        self.kill.raise();
     }
 
     /// Queues a frame for the client, unless that would pass a limit or the session has ended.
@@ -86,7 +115,7 @@ impl Control {
         outbox.bytes += size;
         drop(outbox);
         if was_empty {
-            self.ready.notify_one();
+            self.ready.raise();
         }
         Ok(())
     }
@@ -113,17 +142,22 @@ impl Control {
 
     /// Resolves when the queue may have stopped being empty (check with [`Control::pop`]).
     pub async fn ready(&self) {
-        self.ready.notified().await;
+        std::future::poll_fn(|cx| self.ready.poll_take(cx)).await
     }
 
     /// Resolves with the reason once the session is asked to close.
     pub async fn killed(&self) -> CloseReason {
-        loop {
-            if let Some(r) = self.reason() {
-                return r;
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Some(r) = self.reason() {
+                    return Poll::Ready(r);
+                }
+                if self.kill.poll_take(cx).is_pending() {
+                    return Poll::Pending;
+                }
             }
-            self.kill.notified().await;
-        }
+        })
+        .await
     }
 
     fn reason(&self) -> Option<CloseReason> {
