@@ -100,21 +100,20 @@ pub async fn drive<S: Socket, H: Handler>(
     let mut deadline: Option<Pin<Box<Sleep>>> = None;
     loop {
         if let Some(first) = control.pop() {
-            let written = tokio::select! {
-                biased;
-                // What was already written is flushed before the close frame says why.
-                why = &mut killed => return close(ws, Close::for_kill(why)).await,
-                r = tokio::time::timeout(timing.write_timeout, write_batch(ws, control, first)) => r,
-            };
-            match written {
-                Ok(Ok(false)) => continue,
-                Ok(Ok(true)) => {
+            // What was already written is flushed before the close frame says why.
+            if let Some(why) = control.kill_reason() {
+                return close(ws, Close::for_kill(why)).await;
+            }
+            match write(ws, control, first, &mut killed, timing.write_timeout).await {
+                Written::Batch(Ok(false)) => continue,
+                Written::Batch(Ok(true)) => {
                     // A service asked for the close; the close frame is on its way.
                     Box::pin(linger(ws)).await;
                     return CloseReason::DroppedByService;
                 }
-                Ok(Err(_)) => return CloseReason::ConnectionLost,
-                Err(_) => return CloseReason::WriteTimeout,
+                Written::Batch(Err(_)) => return CloseReason::ConnectionLost,
+                Written::TimedOut => return CloseReason::WriteTimeout,
+                Written::Killed(why) => return close(ws, Close::for_kill(why)).await,
             }
         }
         follow(&mut deadline, handler.deadline());
@@ -224,6 +223,42 @@ fn on_control_frame<S: Socket>(
             None => Some(CloseReason::ConnectionLost),
         }
     })
+}
+
+/// How a write under [`write`] ended.
+enum Written {
+    /// The batch went out (true: it ended with a close frame), or the socket failed.
+    Batch(Result<bool, WsError>),
+    TimedOut,
+    Killed(CloseReason),
+}
+
+/// Writes a batch ([`write_batch`]) within `timeout`, unless the connection is killed first.
+/// The timer is made only when the socket cannot take the batch at once: most writes finish
+/// in their first poll, and a timer made and dropped per write costs more than the write.
+async fn write<S: Socket, K: Future<Output = CloseReason>>(
+    ws: &mut S,
+    control: &Control,
+    first: Message,
+    killed: &mut Pin<&mut K>,
+    timeout: Duration,
+) -> Written {
+    let mut batch = pin!(write_batch(ws, control, first));
+    if let Poll::Ready(r) = futures_util::poll!(batch.as_mut()) {
+        return Written::Batch(r);
+    }
+    // The rare path, boxed: every connection's future would otherwise hold room for the timer.
+    Box::pin(async move {
+        tokio::select! {
+            biased;
+            why = killed.as_mut() => Written::Killed(why),
+            r = tokio::time::timeout(timeout, batch) => match r {
+                Ok(r) => Written::Batch(r),
+                Err(_) => Written::TimedOut,
+            },
+        }
+    })
+    .await
 }
 
 /// Writes `first` and whatever else is already queued, then flushes once. Returns true when a

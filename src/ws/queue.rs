@@ -160,6 +160,11 @@ impl Control {
         .await
     }
 
+    /// Why the session was asked to close, if it was.
+    pub fn kill_reason(&self) -> Option<CloseReason> {
+        self.reason()
+    }
+
     fn reason(&self) -> Option<CloseReason> {
         match self.reason.load(Ordering::Acquire) {
             0 => None,
