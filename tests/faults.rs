@@ -209,6 +209,51 @@ async fn a_stuck_client_is_closed_without_growing_memory_or_delaying_others() {
     drop(stuck);
 }
 
+/// A client that stops reading, with queue limits too large to notice: once the kernel's
+/// buffers are full a write waits, and after `write_timeout` the client is closed as stuck, its
+/// service hears the disconnect, and another client goes on being answered.
+#[tokio::test]
+async fn a_write_that_waits_past_write_timeout_closes_the_client() {
+    let redis = Redis::start().await;
+    let server = "write_timeout = \"300ms\"\noutbound_queue = 100000\n\
+                  outbound_queue_bytes = 1073741824\n";
+    let node = Node::start(&redis.url(), Some("wt"), server, QUOTES).await;
+    let mut input = redis.subscribe("input").await;
+    let rc = "refract.responses.wt";
+    let (stuck, stuck_id) = node_client(&node, &mut input).await;
+    let (mut other, other_id) = node_client(&node, &mut input).await;
+    let closed = "refract_connections_closed_total{route=\"/quotes\",reason=\"write_timeout\"}";
+
+    // 2 MiB a round until the stuck client is closed (the kernel holds some MiB first).
+    let big = "x".repeat(64 * 1024);
+    let mut conn = redis.conn().await;
+    let mut rounds = 0;
+    while node.metric(closed).await == 0 {
+        rounds += 1;
+        assert!(
+            rounds <= 200,
+            "400 MiB sent and the stuck client is still open"
+        );
+        let mut pipe = redis::pipe();
+        for _ in 0..32 {
+            pipe.publish(rc, reply(&stuck_id, "quoteservice", &big))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.unwrap();
+    }
+    loop {
+        let v = input.next_json().await;
+        if v["type"] == "disconnect" && v["id"] == stuck_id.as_str() {
+            break;
+        }
+    }
+    redis
+        .publish(rc, reply(&other_id, "quoteservice", "still here"))
+        .await;
+    assert_eq!(other.recv_text().await, "still here");
+    drop(stuck);
+}
+
 #[tokio::test]
 async fn frames_over_the_limits_close_with_the_right_codes() {
     let redis = Redis::start().await;
