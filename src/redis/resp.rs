@@ -65,14 +65,9 @@ fn frame_len(
         b'+' | b'-' => Ok(Some(after_line - at)),
         b':' => number(line).map(|_| Some(after_line - at)),
         b'$' => {
-            let n = number(line)?;
-            if n < 0 {
+            let Some(n) = length(line, limit)? else {
                 return Ok(Some(after_line - at));
-            }
-            let n = usize::try_from(n).map_err(|_| RespError::Number)?;
-            if n > limit {
-                return Err(RespError::TooLarge(limit));
-            }
+            };
             let end = after_line + n + 2;
             if buf.len() < end {
                 return Ok(None);
@@ -86,14 +81,9 @@ fn frame_len(
             if depth >= MAX_DEPTH {
                 return Err(RespError::TooDeep);
             }
-            let n = number(line)?;
-            if n < 0 {
+            let Some(n) = length(line, limit)? else {
                 return Ok(Some(after_line - at));
-            }
-            let n = usize::try_from(n).map_err(|_| RespError::Number)?;
-            if n > limit {
-                return Err(RespError::TooLarge(limit));
-            }
+            };
             let mut next = after_line;
             for _ in 0..n {
                 match frame_len(buf, next, limit, depth + 1)? {
@@ -105,6 +95,17 @@ fn frame_len(
         }
         other => Err(RespError::Type(other)),
     }
+}
+
+/// A declared length: `None` for a nil (negative), an error past `limit`.
+fn length(line: &[u8], limit: usize) -> Result<Option<usize>, RespError> {
+    let Ok(n) = usize::try_from(number(line)?) else {
+        return Ok(None);
+    };
+    if n > limit {
+        return Err(RespError::TooLarge(limit));
+    }
+    Ok(Some(n))
 }
 
 /// Where the `\r\n` ending the line that starts at `from` is.
