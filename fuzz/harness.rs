@@ -19,6 +19,34 @@ use refract::http::admission::{chosen_protocol, find_token, origin_matches};
 use refract::http::upgrade::query_pairs;
 use refract::{phoenix, prism};
 
+/// What a Redis server sends a subscribed or publishing connection of the gateway's own: frames
+/// taken one by one off the front of the buffer until one is incomplete or malformed, each
+/// read as a pub/sub push; under a large limit and a tiny one. Taking a frame always consumes
+/// bytes (or the connection would spin).
+pub fn resp(data: &[u8]) {
+    use refract::redis::resp::{Heard, take};
+    for limit in [1 << 20, 16] {
+        let mut buf = bytes::BytesMut::from(data);
+        loop {
+            let before = buf.len();
+            match take(&mut buf, limit) {
+                Ok(Some(value)) => {
+                    assert!(
+                        buf.len() < before,
+                        "a frame was taken without consuming bytes"
+                    );
+                    let _ = Heard::of(value);
+                }
+                Ok(None) => {
+                    assert_eq!(buf.len(), before, "an incomplete frame consumed bytes");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 /// A message on the node's response channel (any service, or anyone who can publish to Redis).
 /// Under the default `max_reply_size`, and under a small limit to exercise the limit itself.
 pub fn prism_inbound(data: &[u8]) {

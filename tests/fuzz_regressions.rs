@@ -15,7 +15,8 @@ mod harness;
 type Harness = fn(&[u8]);
 
 /// Each target, by its directory name under `fuzz/corpus/`.
-const TARGETS: [(&str, Harness); 7] = [
+const TARGETS: [(&str, Harness); 8] = [
+    ("resp", harness::resp),
     ("prism_inbound", harness::prism_inbound),
     ("prism_http_body", harness::prism_http_body),
     ("phoenix_text", harness::phoenix_text),
