@@ -38,6 +38,34 @@ enum Inner {
     Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
 }
 
+/// What a subscription is asked to do.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Subscribe,
+    Unsubscribe,
+    PSubscribe,
+    PUnsubscribe,
+}
+
+impl Op {
+    fn command(self) -> &'static str {
+        match self {
+            Op::Subscribe => "SUBSCRIBE",
+            Op::Unsubscribe => "UNSUBSCRIBE",
+            Op::PSubscribe => "PSUBSCRIBE",
+            Op::PUnsubscribe => "PUNSUBSCRIBE",
+        }
+    }
+
+    /// For a timeout's message.
+    fn doing(self) -> &'static str {
+        match self {
+            Op::Subscribe | Op::PSubscribe => "subscribing",
+            Op::Unsubscribe | Op::PUnsubscribe => "unsubscribing",
+        }
+    }
+}
+
 /// What a subscription hears.
 pub enum Push {
     Message(Message),
@@ -86,40 +114,37 @@ impl Subscription {
 
     /// Subscribes to one channel, within the command timeout.
     pub async fn subscribe(&mut self, channel: &str) -> Result<(), RedisError> {
-        let done = match &mut self.inner {
-            Inner::Direct(c) => bounded(self.timeout, c.command("SUBSCRIBE", channel)).await,
-            Inner::Tls(s, _) => bounded(self.timeout, lib(s.subscribe(channel))).await,
-            Inner::Cluster(c, _) => bounded(self.timeout, lib(c.ssubscribe(channel))).await,
-        };
-        done.map_err(|_| RedisError::Timeout("subscribing"))?
+        self.run(Op::Subscribe, channel).await
     }
 
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<(), RedisError> {
-        let done = match &mut self.inner {
-            Inner::Direct(c) => bounded(self.timeout, c.command("UNSUBSCRIBE", channel)).await,
-            Inner::Tls(s, _) => bounded(self.timeout, lib(s.unsubscribe(channel))).await,
-            Inner::Cluster(c, _) => bounded(self.timeout, lib(c.sunsubscribe(channel))).await,
-        };
-        done.map_err(|_| RedisError::Timeout("unsubscribing"))?
+        self.run(Op::Unsubscribe, channel).await
     }
 
     /// Pattern subscriptions exist only outside a cluster (sharded pub/sub has none).
     pub async fn psubscribe(&mut self, pattern: &str) -> Result<(), RedisError> {
-        let done = match &mut self.inner {
-            Inner::Direct(c) => bounded(self.timeout, c.command("PSUBSCRIBE", pattern)).await,
-            Inner::Tls(s, _) => bounded(self.timeout, lib(s.psubscribe(pattern))).await,
-            Inner::Cluster(..) => return Err(RedisError::Unsupported("PSUBSCRIBE")),
-        };
-        done.map_err(|_| RedisError::Timeout("subscribing"))?
+        self.run(Op::PSubscribe, pattern).await
     }
 
     pub async fn punsubscribe(&mut self, pattern: &str) -> Result<(), RedisError> {
-        let done = match &mut self.inner {
-            Inner::Direct(c) => bounded(self.timeout, c.command("PUNSUBSCRIBE", pattern)).await,
-            Inner::Tls(s, _) => bounded(self.timeout, lib(s.punsubscribe(pattern))).await,
-            Inner::Cluster(..) => return Err(RedisError::Unsupported("PUNSUBSCRIBE")),
+        self.run(Op::PUnsubscribe, pattern).await
+    }
+
+    /// One (un)subscription, confirmed within the command timeout. In a cluster a channel is
+    /// (un)subscribed with its sharded command.
+    async fn run(&mut self, op: Op, name: &str) -> Result<(), RedisError> {
+        let t = self.timeout;
+        let done = match (&mut self.inner, op) {
+            (Inner::Direct(c), _) => bounded(t, c.command(op.command(), name)).await,
+            (Inner::Tls(s, _), Op::Subscribe) => bounded(t, lib(s.subscribe(name))).await,
+            (Inner::Tls(s, _), Op::Unsubscribe) => bounded(t, lib(s.unsubscribe(name))).await,
+            (Inner::Tls(s, _), Op::PSubscribe) => bounded(t, lib(s.psubscribe(name))).await,
+            (Inner::Tls(s, _), Op::PUnsubscribe) => bounded(t, lib(s.punsubscribe(name))).await,
+            (Inner::Cluster(c, _), Op::Subscribe) => bounded(t, lib(c.ssubscribe(name))).await,
+            (Inner::Cluster(c, _), Op::Unsubscribe) => bounded(t, lib(c.sunsubscribe(name))).await,
+            (Inner::Cluster(..), _) => return Err(RedisError::Unsupported(op.command())),
         };
-        done.map_err(|_| RedisError::Timeout("unsubscribing"))?
+        done.map_err(|_| RedisError::Timeout(op.doing()))?
     }
 
     /// The next message or server-side unsubscription; an error once the subscription is over.
