@@ -264,6 +264,10 @@ const CASES: &[(&str, &str)] = &[
         ": redis.url: is not a valid Redis URL (Redis URL did not parse - InvalidClientConfig)",
     ),
     (
+        "[redis]\nurl = \"rediss://x:1/#insecure\"\n",
+        ": redis.url: #insecure (no certificate check) is not supported: name the server's CA in redis.tls_ca_file",
+    ),
+    (
         "[redis]\nmode = \"primary\"\n",
         ": redis.mode: enum RedisMode does not have variant constructor primary",
     ),

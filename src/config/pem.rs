@@ -58,3 +58,36 @@ pub fn server_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// A TLS client configuration for `rediss://` servers: trusting the certificates in `ca` (PEM)
+/// or else the system's roots, and presenting `client` (certificate chain and key, PEM) to
+/// servers that ask for one. Both were checked by validation.
+pub fn client_config(
+    ca: Option<&[u8]>,
+    client: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, ConfigError> {
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok);
+            roots.add_parsable_certificates(certs);
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match client {
+        None => Ok(builder.with_no_client_auth()),
+        Some((certs, key)) => {
+            let chain = CertificateDer::pem_slice_iter(certs)
+                .filter_map(Result::ok)
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(key).expect("checked by validation");
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ConfigError::new("redis.tls_key_file", format!("{e}")))
+        }
+    }
+}

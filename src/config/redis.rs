@@ -153,6 +153,22 @@ impl RedisSettings {
 
     /// What `rediss://` connections trust and present, read from the `tls_*` files; `None`
     /// when none is set (the system's roots, no client certificate).
+    /// What the gateway's own `rediss://` connections trust and present; `None` when no URL is
+    /// `rediss://`.
+    pub fn tls_client_config(&self) -> Result<Option<rustls::ClientConfig>, ConfigError> {
+        if !self.tls() {
+            return Ok(None);
+        }
+        let Some(certs) = self.tls_certificates()? else {
+            return pem::client_config(None, None).map(Some);
+        };
+        let client = certs
+            .client_tls
+            .as_ref()
+            .map(|c| (&c.client_cert[..], &c.client_key[..]));
+        pem::client_config(certs.root_cert.as_deref(), client).map(Some)
+    }
+
     pub fn tls_certificates(&self) -> Result<Option<::redis::TlsCertificates>, ConfigError> {
         if self.tls_ca_file.is_none() && self.tls_cert_file.is_none() {
             return Ok(None);
@@ -188,6 +204,12 @@ fn check_url(key: &str, url: &str) -> Checked {
         scheme,
         key,
         "must start with redis://, rediss:// or unix://",
+    )?;
+    let insecure = url::Url::parse(url).is_ok_and(|u| u.fragment() == Some("insecure"));
+    ensure(
+        !insecure,
+        key,
+        "#insecure (no certificate check) is not supported: name the server's CA in redis.tls_ca_file",
     )?;
     ::redis::Client::open(url)
         .map(drop)

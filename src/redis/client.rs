@@ -2,11 +2,11 @@
 //! master that Sentinel names, or a Cluster. Every command is bounded by
 //! `redis.command_timeout`, and one typed error covers all of it.
 //!
-//! - standalone: a client for pub/sub connections and a pool for commands, both to `url`;
-//! - sentinel: the same pair, for the current master; the sentinel worker replaces it
-//!   when the sentinels name another, and everything made for the old one (a pooled publishing
-//!   connection, a subscription) notices and is made again, so nothing keeps writing to a demoted
-//!   master;
+//! - standalone: the gateway's own connections ([`super::direct`]) for subscriptions and
+//!   publishing, and a pool for every other command, all to `url`;
+//! - sentinel: the same, for the current master; the sentinel worker replaces it when the
+//!   sentinels name another, and everything made for the old one (a publishing connection, a
+//!   subscription) notices and is made again, so nothing keeps writing to a demoted master;
 //! - cluster: one multiplexed cluster connection for commands (it follows `MOVED` and topology
 //!   changes itself) and, per subscription, a RESP3 cluster connection whose pushes carry the
 //!   sharded messages.
@@ -27,7 +27,8 @@ use crate::redis::direct;
 pub use crate::redis::error::RedisError;
 use crate::redis::pubsub::Subscription;
 
-/// One Redis server: a client for pub/sub connections and a pool for commands.
+/// One Redis server: where its connections go (the client's connection info) and a pool for
+/// commands.
 pub struct Server {
     client: redis::Client,
     pool: Pool,
@@ -62,13 +63,17 @@ impl Server {
 }
 
 /// What `rediss://` connections trust and present (`redis.tls_*`); empty: the system's roots.
+/// redis-rs's connections take the certificates; the gateway's own take the connector.
 #[derive(Clone, Default)]
-pub struct Tls(Option<redis::TlsCertificates>);
+pub struct Tls {
+    certificates: Option<redis::TlsCertificates>,
+    connector: Option<tokio_rustls::TlsConnector>,
+}
 
 impl Tls {
     /// A client for `url`, with the configured certificates if it is `rediss://`.
     pub fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
-        match &self.0 {
+        match &self.certificates {
             Some(certs) if url.starts_with("rediss://") => {
                 Ok(redis::Client::build_with_tls(url, certs.clone())?)
             }
@@ -107,10 +112,8 @@ pub struct Redis {
 /// A connection a publishing worker keeps between batches, with the server it was made for
 /// (in sentinel mode, perhaps no longer the master).
 pub enum Conn {
-    /// The gateway's own, to a plain server.
+    /// The gateway's own.
     Direct(Box<direct::Conn>, Arc<Server>),
-    /// Pooled (redis-rs), to a TLS server.
-    Pooled(deadpool_redis::Connection, Arc<Server>),
     Cluster(ClusterConnection),
 }
 
@@ -118,11 +121,17 @@ impl Redis {
     /// Nothing connects yet: connections are made on first use and remade after failures.
     pub fn open(settings: &RedisSettings) -> Result<Self, RedisError> {
         let timeout = settings.command_timeout;
-        let pool_size = settings.publishers + 2;
+        // Commands other than publishing (scripts, canaries, reads): publishers hold their own.
+        let pool_size = 2;
         if settings.tls() {
             crate::config::pem::install_crypto_provider();
         }
-        let tls = Tls(settings.tls_certificates()?);
+        let tls = Tls {
+            certificates: settings.tls_certificates()?,
+            connector: settings
+                .tls_client_config()?
+                .map(|c| tokio_rustls::TlsConnector::from(Arc::new(c))),
+        };
         let target = match settings.mode {
             RedisMode::Standalone => {
                 let server = Server::open(&settings.url, &settings.url, pool_size, &tls, timeout)?;
@@ -266,85 +275,42 @@ impl Redis {
             return sent.await.unwrap_or(Err(RedisError::Timeout("publishing")));
         }
         let current = self.server()?;
-        if matches!(conn, Some(Conn::Pooled(_, s) | Conn::Direct(_, s)) if !Arc::ptr_eq(s, &current))
-        {
+        if matches!(conn, Some(Conn::Direct(_, s)) if !Arc::ptr_eq(s, &current)) {
             discard(conn);
         }
         // A connection kept from before a Redis restart fails on first use without having sent
         // anything; one retry on a fresh connection keeps that from losing the batch. A timeout
         // is not retried: Redis may have executed the pipeline, and a retry would duplicate it.
         let reused = conn.is_some();
-        if !matches!(conn, Some(Conn::Pooled(..))) {
-            match self.send_direct(conn, &current, batch).await {
-                Some(Err(e)) if reused && e.is_dropped() => {
-                    discard(conn);
-                    if let Some(r) = self.send_direct(conn, &current, batch).await {
-                        return r;
-                    }
-                }
-                Some(r) => return r,
-                None => {}
-            }
-        }
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch {
-            pipe.cmd("PUBLISH").arg(*channel).arg(*payload);
-        }
-        match self.send_pooled(conn, &current, &pipe).await {
+        match self.send_direct(conn, &current, batch).await {
             Err(e) if reused && e.is_dropped() => {
                 discard(conn);
-                self.send_pooled(conn, &current, &pipe).await
+                self.send_direct(conn, &current, batch).await
             }
             r => r,
         }
     }
 
-    /// Publishes on the gateway's own connection; `None` when the server is a TLS one (the pool
-    /// serves it).
+    /// Publishes on the gateway's own connection, made first if there is none.
     async fn send_direct(
         &self,
         conn: &mut Option<Conn>,
         server: &Arc<Server>,
         batch: &[(&str, &[u8])],
-    ) -> Option<Result<Vec<i64>, RedisError>> {
+    ) -> Result<Vec<i64>, RedisError> {
         if conn.is_none() {
             let info = server.client.get_connection_info();
-            let made = match tokio::time::timeout(self.timeout, direct::Conn::connect(info)).await {
-                Ok(made) => made?,
-                Err(_) => Err(RedisError::Timeout("connecting")),
-            };
-            match made {
-                Ok(c) => *conn = Some(Conn::Direct(Box::new(c), server.clone())),
-                Err(e) => return Some(Err(e)),
-            }
+            let connect = direct::Conn::connect(info, self.tls.connector.as_ref());
+            let made = tokio::time::timeout(self.timeout, connect)
+                .await
+                .map_err(|_| RedisError::Timeout("connecting"))??;
+            *conn = Some(Conn::Direct(Box::new(made), server.clone()));
         }
         let Some(Conn::Direct(c, _)) = conn else {
             unreachable!("a direct connection was just made")
         };
         let sent = tokio::time::timeout(self.timeout, c.publish("PUBLISH", batch)).await;
-        Some(sent.unwrap_or(Err(RedisError::Timeout("publishing"))))
-    }
-
-    async fn send_pooled(
-        &self,
-        conn: &mut Option<Conn>,
-        server: &Arc<Server>,
-        pipe: &redis::Pipeline,
-    ) -> Result<Vec<i64>, RedisError> {
-        if conn.is_none() {
-            let pooled = match tokio::time::timeout(self.timeout, server.pool.get()).await {
-                Ok(c) => c?,
-                Err(_) => return Err(RedisError::Timeout("connecting")),
-            };
-            *conn = Some(Conn::Pooled(pooled, server.clone()));
-        }
-        let Some(Conn::Pooled(c, _)) = conn else {
-            unreachable!("a pooled connection was just made")
-        };
-        match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<i64>>(c)).await {
-            Err(_) => Err(RedisError::Timeout("publishing")),
-            Ok(r) => Ok(r?),
-        }
+        sent.unwrap_or(Err(RedisError::Timeout("publishing")))
     }
 
     /// A new subscription connection: SUBSCRIBE on the server (or master), SSUBSCRIBE across
@@ -370,11 +336,8 @@ impl Redis {
                     };
                     let server = self.server()?;
                     let info = server.client.get_connection_info();
-                    if let Some(conn) = direct::Conn::connect(info).await {
-                        return Ok(Subscription::direct(conn?, changes, self.timeout));
-                    }
-                    let pubsub = server.client.get_async_pubsub().await?;
-                    Ok(Subscription::tls(pubsub, changes, self.timeout))
+                    let conn = direct::Conn::connect(info, self.tls.connector.as_ref()).await?;
+                    Ok(Subscription::direct(conn, changes, self.timeout))
                 }
             }
         };
@@ -410,7 +373,7 @@ fn cluster_builder(seeds: &[String], timeout: Duration, tls: &Tls) -> ClusterCli
     let builder = ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(timeout)
         .response_timeout(timeout);
-    match &tls.0 {
+    match &tls.certificates {
         Some(certs) => builder.certs(certs.clone()),
         None => builder,
     }
@@ -446,12 +409,9 @@ async fn publish_by_slot(
     Ok(receivers)
 }
 
-/// Drops a connection that failed (or belongs to a demoted master), detaching a pooled one from
-/// its pool rather than recycling it.
+/// Drops a connection that failed (or belongs to a demoted master).
 pub fn discard(conn: &mut Option<Conn>) {
-    if let Some(Conn::Pooled(c, _)) = conn.take() {
-        drop(deadpool_redis::Connection::take(c));
-    }
+    conn.take();
 }
 
 #[cfg(test)]

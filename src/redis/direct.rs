@@ -1,8 +1,7 @@
-//! The gateway's own connection to one plain server, for the two things the hot path does:
-//! hold a subscription, and publish pipelines. RESP2 over TCP or a Unix socket, written and
-//! read by its owner's task, with no task or channel between the socket and the code that
-//! handles what it hears. `rediss://` servers are reached through redis-rs instead (the
-//! callers in [`super::client`] choose).
+//! The gateway's own connection to one server, for the two things the hot path does: hold a
+//! subscription, and publish pipelines. RESP2 over TCP, TLS (`rediss://`) or a Unix socket,
+//! written and read by its owner's task, with no task or channel between the socket and the
+//! code that handles what it hears. Clusters are reached through redis-rs instead.
 //!
 //! Each read takes as much as the socket has and parses every whole frame in it, so a burst of
 //! messages costs one wake-up; a message's payload is a slice of the bytes that were read.
@@ -24,6 +23,22 @@ use crate::redis::resp::{self, Heard, Value};
 const MAX_FRAME: usize = 512 * 1024 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
+
+async fn tcp(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let s = tokio::net::TcpStream::connect((host, port)).await?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+async fn tls_stream(
+    connector: &tokio_rustls::TlsConnector,
+    host: &str,
+    port: u16,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    connector.connect(name, tcp(host, port).await?).await
+}
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -51,25 +66,31 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects and authenticates as `info` says, for a plain (not TLS) server; `None` for a
-    /// TLS one.
-    pub async fn connect(info: &ConnectionInfo) -> Option<Result<Self, RedisError>> {
+    /// Connects and authenticates as `info` says: over TCP, a Unix socket, or TLS through
+    /// `tls` (which every `rediss://` config has; validation refuses `#insecure`).
+    pub async fn connect(
+        info: &ConnectionInfo,
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> Result<Self, RedisError> {
         let io: Box<dyn Io> = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => {
-                match tokio::net::TcpStream::connect((host.as_str(), *port)).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        Box::new(s)
-                    }
-                    Err(e) => return Some(Err(e.into())),
-                }
+            ConnectionAddr::Tcp(host, port) => Box::new(tcp(host, *port).await?),
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => {
+                let connector =
+                    tls.ok_or(RedisError::Unsupported("rediss:// without TLS settings"))?;
+                Box::new(tls_stream(connector, host, *port).await?)
             }
             #[cfg(unix)]
-            ConnectionAddr::Unix(path) => match tokio::net::UnixStream::connect(path).await {
-                Ok(s) => Box::new(s),
-                Err(e) => return Some(Err(e.into())),
-            },
-            _ => return None,
+            ConnectionAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+            _ => {
+                return Err(RedisError::Unsupported(
+                    "rediss:// without a certificate check",
+                ));
+            }
         };
         let mut conn = Self {
             io,
@@ -78,10 +99,10 @@ impl Conn {
             heard: VecDeque::new(),
         };
         let redis = info.redis_settings();
-        Some(match redis.password() {
-            Some(password) => conn.auth(redis.username(), password).await.map(|()| conn),
-            None => Ok(conn),
-        })
+        if let Some(password) = redis.password() {
+            conn.auth(redis.username(), password).await?;
+        }
+        Ok(conn)
     }
 
     async fn auth(&mut self, user: Option<&str>, password: &str) -> Result<(), RedisError> {

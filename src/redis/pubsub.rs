@@ -1,7 +1,7 @@
 //! One subscription connection, whichever mode: it subscribes (SUBSCRIBE on a server,
-//! SSUBSCRIBE in a cluster) and yields messages and the server's own unsubscriptions. On a
-//! plain server the connection is the gateway's own ([`super::direct`]); over TLS and in a
-//! cluster it is redis-rs's.
+//! SSUBSCRIBE in a cluster) and yields messages and the server's own unsubscriptions. On one
+//! server the connection is the gateway's own ([`super::direct`]); in a cluster it is
+//! redis-rs's.
 //!
 //! The stream ends with an error when the connection is gone, when the sentinels name a new
 //! master (a subscription on a demoted master hears nothing the services publish), and in a
@@ -14,8 +14,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::{Msg, PushInfo, PushKind};
 use tokio::sync::{mpsc, watch};
@@ -33,8 +31,6 @@ pub struct Subscription {
 
 enum Inner {
     Direct(Conn),
-    /// A `rediss://` server, through redis-rs.
-    Tls(PubSubSink, PubSubStream),
     Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
 }
 
@@ -87,19 +83,6 @@ impl Subscription {
         }
     }
 
-    pub(super) fn tls(
-        pubsub: redis::aio::PubSub,
-        master: Option<watch::Receiver<u64>>,
-        timeout: Duration,
-    ) -> Self {
-        let (sink, stream) = pubsub.split();
-        Self {
-            inner: Inner::Tls(sink, stream),
-            timeout,
-            master,
-        }
-    }
-
     pub(super) fn cluster(
         conn: ClusterConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
@@ -136,10 +119,6 @@ impl Subscription {
         let t = self.timeout;
         let done = match (&mut self.inner, op) {
             (Inner::Direct(c), _) => bounded(t, c.command(op.command(), name)).await,
-            (Inner::Tls(s, _), Op::Subscribe) => bounded(t, lib(s.subscribe(name))).await,
-            (Inner::Tls(s, _), Op::Unsubscribe) => bounded(t, lib(s.unsubscribe(name))).await,
-            (Inner::Tls(s, _), Op::PSubscribe) => bounded(t, lib(s.psubscribe(name))).await,
-            (Inner::Tls(s, _), Op::PUnsubscribe) => bounded(t, lib(s.punsubscribe(name))).await,
             (Inner::Cluster(c, _), Op::Subscribe) => bounded(t, lib(c.ssubscribe(name))).await,
             (Inner::Cluster(c, _), Op::Unsubscribe) => bounded(t, lib(c.sunsubscribe(name))).await,
             (Inner::Cluster(..), _) => return Err(RedisError::Unsupported(op.command())),
@@ -183,11 +162,6 @@ async fn bounded<F: Future<Output = Result<(), RedisError>>>(
 async fn next_push(inner: &mut Inner) -> Result<Option<Push>, RedisError> {
     match inner {
         Inner::Direct(c) => c.next().await.map(|m| Some(Push::Message(m))),
-        Inner::Tls(_, s) => s
-            .next()
-            .await
-            .map(|m| Some(Push::Message(message(&m))))
-            .ok_or(RedisError::Closed),
         Inner::Cluster(_, rx) => rx.recv().await.ok_or(RedisError::Closed).and_then(classify),
     }
 }
