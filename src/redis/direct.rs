@@ -40,6 +40,15 @@ async fn tls_stream(
     connector.connect(name, tcp(host, port).await?).await
 }
 
+/// What validation keeps from getting here.
+fn unsupported(what: &str) -> RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!("{what} is not supported"),
+    )
+    .into()
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -80,17 +89,12 @@ impl Conn {
                 insecure: false,
                 ..
             } => {
-                let connector =
-                    tls.ok_or(RedisError::Unsupported("rediss:// without TLS settings"))?;
+                let connector = tls.ok_or_else(|| unsupported("rediss:// without TLS settings"))?;
                 Box::new(tls_stream(connector, host, *port).await?)
             }
             #[cfg(unix)]
             ConnectionAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
-            _ => {
-                return Err(RedisError::Unsupported(
-                    "rediss:// without a certificate check",
-                ));
-            }
+            _ => return Err(unsupported("rediss:// without a certificate check")),
         };
         let mut conn = Self {
             io,
