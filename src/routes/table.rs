@@ -69,6 +69,9 @@ impl RouteTable {
                 ping_interval: Some(server.ping_interval),
             },
         };
+        // A kept path's new maximum, applied once nothing can fail: a table that is not built
+        // leaves the one in force as it was.
+        let mut new_maxima = Vec::new();
         for (path, route) in routes {
             let before = previous.and_then(|t| t.get(path));
             let mut channels = BTreeSet::new();
@@ -97,7 +100,7 @@ impl RouteTable {
             let max = route.max_connections.unwrap_or(usize::MAX);
             let limit = match before {
                 Some(r) => {
-                    r.limit.set_max(max);
+                    new_maxima.push((r.limit.clone(), max));
                     r.limit.clone()
                 }
                 None => Limit::under(Some(node_limit.clone()), max),
@@ -116,6 +119,9 @@ impl RouteTable {
             });
             table.by_path.insert(path.clone(), route.clone());
             table.list.push(route);
+        }
+        for (limit, max) in new_maxima {
+            limit.set_max(max);
         }
         Ok(table)
     }
