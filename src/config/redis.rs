@@ -153,20 +153,20 @@ impl RedisSettings {
 
     /// What `rediss://` connections trust and present, read from the `tls_*` files; `None`
     /// when none is set (the system's roots, no client certificate).
-    /// What the gateway's own `rediss://` connections trust and present; `None` when no URL is
-    /// `rediss://`.
-    pub fn tls_client_config(&self) -> Result<Option<rustls::ClientConfig>, ConfigError> {
+    /// What the gateway's own `rediss://` connections trust and present, from the files
+    /// [`Self::tls_certificates`] read; `None` when no URL is `rediss://`.
+    pub fn tls_client_config(
+        &self,
+        certs: Option<&::redis::TlsCertificates>,
+    ) -> Result<Option<rustls::ClientConfig>, ConfigError> {
         if !self.tls() {
             return Ok(None);
         }
-        let Some(certs) = self.tls_certificates()? else {
-            return pem::client_config(None, None).map(Some);
-        };
+        let ca = certs.and_then(|c| c.root_cert.as_deref());
         let client = certs
-            .client_tls
-            .as_ref()
+            .and_then(|c| c.client_tls.as_ref())
             .map(|c| (&c.client_cert[..], &c.client_key[..]));
-        pem::client_config(certs.root_cert.as_deref(), client).map(Some)
+        pem::client_config(ca, client).map(Some)
     }
 
     pub fn tls_certificates(&self) -> Result<Option<::redis::TlsCertificates>, ConfigError> {

@@ -126,11 +126,13 @@ impl Redis {
         if settings.tls() {
             crate::config::pem::install_crypto_provider();
         }
+        let certificates = settings.tls_certificates()?;
+        let connector = settings
+            .tls_client_config(certificates.as_ref())?
+            .map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)));
         let tls = Tls {
-            certificates: settings.tls_certificates()?,
-            connector: settings
-                .tls_client_config()?
-                .map(|c| tokio_rustls::TlsConnector::from(Arc::new(c))),
+            certificates,
+            connector,
         };
         let target = match settings.mode {
             RedisMode::Standalone => {
