@@ -84,7 +84,6 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut last: Option<Data> = None;
-    let events = prism::EventTemplate::new(&peer.peer(), None);
     // Polls start at a random offset in the interval, so a thousand connections that arrived
     // together are polled spread out rather than in one burst. A tick missed while a request
     // is in flight is skipped, not made up.
@@ -110,7 +109,10 @@ async fn run(
         if job.kind == EventKind::Message && job.data.is_some() {
             last.clone_from(&job.data);
         }
-        let body = events.encode(job.kind, job.data.as_ref().map(Data::as_client_data));
+        let data = job.data.as_ref().map(Data::as_client_data);
+        // Encoded per request, not from a template kept for the lane's life: a POST costs far
+        // more than the encoding, and an idle connection should not hold one per service.
+        let body = prism::encode_event(&peer.peer(), job.kind, data, None);
         let result = post(&gw, &service, Bytes::from(body)).await;
         let metrics = &service.metrics;
         match result {
