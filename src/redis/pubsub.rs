@@ -17,6 +17,7 @@ use bytes::Bytes;
 use redis::cluster_async::ClusterConnection;
 use redis::{Msg, PushInfo, PushKind};
 use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
 
 use crate::redis::direct::Conn;
 pub use crate::redis::direct::Message;
@@ -118,9 +119,9 @@ impl Subscription {
     async fn run(&mut self, op: Op, name: &str) -> Result<(), RedisError> {
         let t = self.timeout;
         let done = match (&mut self.inner, op) {
-            (Inner::Direct(c), _) => bounded(t, c.command(op.command(), name)).await,
-            (Inner::Cluster(c, _), Op::Subscribe) => bounded(t, lib(c.ssubscribe(name))).await,
-            (Inner::Cluster(c, _), Op::Unsubscribe) => bounded(t, lib(c.sunsubscribe(name))).await,
+            (Inner::Direct(c), _) => timeout(t, c.command(op.command(), name)).await,
+            (Inner::Cluster(c, _), Op::Subscribe) => timeout(t, lib(c.ssubscribe(name))).await,
+            (Inner::Cluster(c, _), Op::Unsubscribe) => timeout(t, lib(c.sunsubscribe(name))).await,
             (Inner::Cluster(..), _) => return Err(RedisError::Unsupported(op.command())),
         };
         done.map_err(|_| RedisError::Timeout(op.doing()))?
@@ -149,13 +150,6 @@ impl Subscription {
 
 async fn lib<F: Future<Output = redis::RedisResult<()>>>(f: F) -> Result<(), RedisError> {
     Ok(f.await?)
-}
-
-async fn bounded<F: Future<Output = Result<(), RedisError>>>(
-    timeout: Duration,
-    f: F,
-) -> Result<Result<(), RedisError>, tokio::time::error::Elapsed> {
-    tokio::time::timeout(timeout, f).await
 }
 
 /// One item from the connection: `None` for pushes that are not news (confirmations).
