@@ -149,7 +149,7 @@ impl Control {
     pub async fn killed(&self) -> CloseReason {
         std::future::poll_fn(|cx| {
             loop {
-                if let Some(r) = self.reason() {
+                if let Some(r) = self.kill_reason() {
                     return Poll::Ready(r);
                 }
                 if self.kill.poll_take(cx).is_pending() {
@@ -162,10 +162,6 @@ impl Control {
 
     /// Why the session was asked to close, if it was.
     pub fn kill_reason(&self) -> Option<CloseReason> {
-        self.reason()
-    }
-
-    fn reason(&self) -> Option<CloseReason> {
         match self.reason.load(Ordering::Acquire) {
             0 => None,
             n => CloseReason::ALL.get(usize::from(n - 1)).copied(),
@@ -196,7 +192,7 @@ mod tests {
         assert_eq!(c.push(text("b")), Ok(()));
         assert_eq!(c.push(text("c")), Err(Refused::Full));
         assert_eq!(
-            c.reason(),
+            c.kill_reason(),
             Some(CloseReason::SlowClient),
             "a full queue kills as slow"
         );
