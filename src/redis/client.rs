@@ -311,7 +311,7 @@ impl Redis {
         let Some(Conn::Direct(c, _)) = conn else {
             unreachable!("a direct connection was just made")
         };
-        let sent = tokio::time::timeout(self.timeout, c.publish("PUBLISH", batch)).await;
+        let sent = tokio::time::timeout(self.timeout, c.publish(batch)).await;
         sent.unwrap_or(Err(RedisError::Timeout("publishing")))
     }
 

@@ -133,19 +133,12 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends `command` (`PUBLISH` or `SPUBLISH`) for every `(channel, payload)` as one
-    /// pipeline; returns how many subscribers each reached. Not for a subscribed connection.
-    pub async fn publish(
-        &mut self,
-        command: &str,
-        batch: &[(&str, &[u8])],
-    ) -> Result<Vec<i64>, RedisError> {
+    /// Sends a PUBLISH for every `(channel, payload)` as one pipeline; returns how many
+    /// subscribers each reached. Not for a subscribed connection.
+    pub async fn publish(&mut self, batch: &[(&str, &[u8])]) -> Result<Vec<i64>, RedisError> {
         self.out.clear();
         for (channel, payload) in batch {
-            resp::encode(
-                &mut self.out,
-                &[command.as_bytes(), channel.as_bytes(), payload],
-            );
+            resp::encode(&mut self.out, &[b"PUBLISH", channel.as_bytes(), payload]);
         }
         self.flush().await?;
         let mut receivers = Vec::with_capacity(batch.len());
