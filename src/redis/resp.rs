@@ -33,6 +33,8 @@ pub enum RespError {
 
 /// Deeper than any pub/sub reply (a message is one flat array).
 const MAX_DEPTH: usize = 8;
+/// Longest line (a length header, an integer, a simple string or an error) waited for.
+const MAX_LINE: usize = 64 * 1024;
 
 /// Takes one whole frame off the front of `buf`: `Ok(None)` while it is incomplete (the buffer
 /// is left as it was, to be called again when more has arrived). `limit` bounds every length
@@ -56,7 +58,7 @@ fn frame_len(
     let Some(&kind) = buf.get(at) else {
         return Ok(None);
     };
-    let Some(eol) = line_end(buf, at + 1) else {
+    let Some(eol) = line_end(buf, at + 1)? else {
         return Ok(None);
     };
     let after_line = eol + 2;
@@ -108,11 +110,24 @@ fn length(line: &[u8], limit: usize) -> Result<Option<usize>, RespError> {
     Ok(Some(n))
 }
 
-/// Where the `\r\n` ending the line that starts at `from` is.
-fn line_end(buf: &[u8], from: usize) -> Option<usize> {
-    let rest = buf.get(from..)?;
-    let i = rest.iter().position(|&b| b == b'\r')?;
-    (rest.get(i + 1) == Some(&b'\n')).then_some(from + i)
+/// Where the `\r\n` ending the line that starts at `from` is, once it has arrived. A `\r`
+/// not followed by `\n` is an error: waiting for more would never end the line.
+fn line_end(buf: &[u8], from: usize) -> Result<Option<usize>, RespError> {
+    let Some(rest) = buf.get(from..) else {
+        return Ok(None);
+    };
+    let Some(i) = rest.iter().position(|&b| b == b'\r') else {
+        // Headers, integers and simple strings are short: a line this long will not end.
+        return match rest.len() > MAX_LINE {
+            true => Err(RespError::TooLarge(MAX_LINE)),
+            false => Ok(None),
+        };
+    };
+    match rest.get(i + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some(from + i)),
+        Some(_) => Err(RespError::Type(b'\r')),
+    }
 }
 
 fn number(line: &[u8]) -> Result<i64, RespError> {
@@ -137,7 +152,7 @@ fn number(line: &[u8]) -> Result<i64, RespError> {
 fn value(frame: &Bytes, at: &mut usize) -> Value {
     let kind = frame[*at];
     let start = *at + 1;
-    let eol = line_end(frame, start).expect("checked");
+    let eol = line_end(frame, start).ok().flatten().expect("checked");
     *at = eol + 2;
     let n = || number(&frame[start..eol]).expect("checked");
     match kind {
@@ -313,6 +328,21 @@ mod tests {
         assert_eq!(take(&mut buf(b"?x\r\n"), 64), Err(RespError::Type(b'?')));
         assert_eq!(take(&mut buf(b"$x\r\n"), 64), Err(RespError::Number));
         assert_eq!(take(&mut buf(b"$3\r\nabcde"), 64), Err(RespError::Number));
+        // A line that a stray \r breaks can never end: an error, not a wait for more.
+        assert_eq!(
+            take(&mut buf(b"+a\rb\r\n"), 64),
+            Err(RespError::Type(b'\r'))
+        );
+        assert_eq!(
+            take(&mut buf(b"+ab\r"), 64),
+            Ok(None),
+            "\\r\\n cut in two waits"
+        );
+        let endless = [b"-ERR ".as_slice(), &[b'x'; 70_000]].concat();
+        assert_eq!(
+            take(&mut buf(&endless), 64),
+            Err(RespError::TooLarge(64 * 1024))
+        );
         assert_eq!(take(&mut buf(b"$65\r\n"), 64), Err(RespError::TooLarge(64)));
         assert_eq!(
             take(&mut buf(b"*99999999999\r\n"), 64),
