@@ -644,11 +644,6 @@ impl Node {
         std::fs::write(path, format!("{head}{routes}")).unwrap();
     }
 
-    /// Rewrites the node's config file with `text`, whole.
-    pub fn rewrite_config(&self, text: &str) {
-        std::fs::write(&self.config.0, text).unwrap();
-    }
-
     /// What the process has written to stderr so far (its log, at `warn` and above).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
@@ -657,11 +652,6 @@ impl Node {
     /// The config file.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config.0
-    }
-
-    /// The config file's text as the node started with it, without its routes.
-    pub fn config_head(&self) -> &str {
-        &self.config.1
     }
 
     /// Resident memory of the process, in KiB.
