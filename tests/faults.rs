@@ -137,16 +137,10 @@ async fn a_subscription_that_delivers_nothing_is_caught_by_the_canary() {
     gw.stop().await;
 }
 
-/// Connects to a node and learns the client's id from its connect event.
+/// Connects to a node's /quotes and learns the client's id from its connect event.
 async fn node_client(node: &Node, input: &mut Subscriber) -> (Client, String) {
-    let client = node.ws("/quotes").await;
-    let port = client.local_port();
-    loop {
-        let v = input.next_json().await;
-        if v["type"] == "connect" && v["remotePort"] == port {
-            return (client, v["id"].as_str().unwrap().to_string());
-        }
-    }
+    let (client, connected) = node.connect_identified("/quotes", input).await;
+    (client, connected["id"].as_str().unwrap().to_string())
 }
 
 #[tokio::test]

@@ -6,25 +6,12 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 
 const RELOADS_OK: &str = "refract_config_reloads_total{result=\"ok\"}";
 const RELOADS_REFUSED: &str = "refract_config_reloads_total{result=\"error\"}";
 
 fn route(path: &str, channel: &str) -> String {
     format!("[routes.\"{path}\".services.svc]\ntype = \"redis\"\nrequest_channel = \"{channel}\"\n")
-}
-
-/// Opens a client on `path` and returns it with its `connect` event from `sub`.
-async fn connect(node: &Node, path: &str, sub: &mut Subscriber) -> (Client, Value) {
-    let client = node.ws(path).await;
-    let port = client.local_port();
-    loop {
-        let v = sub.next_json().await;
-        if v["type"] == "connect" && v["remotePort"] == port {
-            return (client, v);
-        }
-    }
 }
 
 async fn reload(node: &Node, metric: &str, times: u64) {
@@ -45,12 +32,12 @@ async fn sighup_puts_added_changed_and_removed_routes_in_force_for_new_connectio
     let (mut old, mut new) = (redis.subscribe("old").await, redis.subscribe("new").await);
     let routes = route("/quotes", "input") + &route("/old", "old");
     let node = Node::start(&redis.url(), Some("reload"), "", &routes).await;
-    let (mut stays, connected) = connect(&node, "/quotes", &mut input).await;
+    let (mut stays, connected) = node.connect_identified("/quotes", &mut input).await;
     let (stays_id, responses) = (
         connected["id"].clone(),
         connected["responseChannel"].clone(),
     );
-    let (mut leaves, gone) = connect(&node, "/old", &mut old).await;
+    let (mut leaves, gone) = node.connect_identified("/old", &mut old).await;
 
     // /quotes now publishes to input2; /new is added; /old is removed.
     node.rewrite_routes(&(route("/quotes", "input2") + &route("/new", "new")));
@@ -74,9 +61,9 @@ async fn sighup_puts_added_changed_and_removed_routes_in_force_for_new_connectio
     assert_eq!(stays.recv_text().await, "answer");
 
     // New clients meet the new table.
-    let (_quotes, c) = connect(&node, "/quotes", &mut input2).await;
+    let (_quotes, c) = node.connect_identified("/quotes", &mut input2).await;
     assert_eq!(c["route"], "/quotes");
-    let (_fresh, c) = connect(&node, "/new", &mut new).await;
+    let (_fresh, c) = node.connect_identified("/new", &mut new).await;
     assert_eq!(c["route"], "/new");
     assert_eq!(refused_status(format!("ws://{}/old", node.addr)).await, 404);
     assert_eq!(
@@ -90,7 +77,7 @@ async fn a_bad_config_on_sighup_is_refused_and_the_one_in_force_stays() {
     let redis = Redis::start().await;
     let mut input = redis.subscribe("input").await;
     let mut node = Node::start(&redis.url(), None, "", &route("/quotes", "input")).await;
-    let (mut client, connected) = connect(&node, "/quotes", &mut input).await;
+    let (mut client, connected) = node.connect_identified("/quotes", &mut input).await;
     let id = connected["id"].as_str().unwrap().to_string();
 
     node.rewrite_routes(&format!(
@@ -114,7 +101,7 @@ async fn a_bad_config_on_sighup_is_refused_and_the_one_in_force_stays() {
     // Nothing changed: the client stays, and new clients get the old route.
     client.send("after").await;
     assert_eq!(input.next_for(&id).await["message"], "after");
-    let (_again, c) = connect(&node, "/quotes", &mut input).await;
+    let (_again, c) = node.connect_identified("/quotes", &mut input).await;
     assert_eq!(c["route"], "/quotes");
 
     // A good file later is taken.
@@ -129,7 +116,7 @@ async fn a_reload_of_the_same_file_closes_nobody() {
     let redis = Redis::start().await;
     let mut input = redis.subscribe("input").await;
     let node = Node::start(&redis.url(), None, "", &route("/quotes", "input")).await;
-    let (mut client, connected) = connect(&node, "/quotes", &mut input).await;
+    let (mut client, connected) = node.connect_identified("/quotes", &mut input).await;
     reload(&node, RELOADS_OK, 1).await;
     reload(&node, RELOADS_OK, 2).await;
     client.send("after two reloads").await;

@@ -633,6 +633,18 @@ impl Node {
         Client::connect(&format!("ws://{}{path}", self.addr)).await
     }
 
+    /// Connects a client on `path` and returns it with its `connect` event, read from `sub`.
+    pub async fn connect_identified(&self, path: &str, sub: &mut Subscriber) -> (Client, Value) {
+        let client = self.ws(path).await;
+        let port = client.local_port();
+        loop {
+            let v = sub.next_json().await;
+            if v["type"] == "connect" && v["remotePort"] == port {
+                return (client, v);
+            }
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
